@@ -1,0 +1,66 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from toolkit.cli import main, parse_number
+from toolkit.release import read_release
+
+
+@pytest.fixture()
+def user_data(tmp_path, digits_small):
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    records = []
+    for i, s in enumerate(digits_small[0][:6]):
+        Image.fromarray(s.image).save(root / "img" / f"{i}.png")
+        records.append({"id": s.id, "image": f"img/{i}.png",
+                        "conversations": [{"from": "human", "value": "<image>\n" + s.question},
+                                          {"from": "gpt", "value": s.answer}]})
+    (root / "train.json").write_text(json.dumps(records))
+    return root / "train.json"
+
+
+def test_protect_writes_release(user_data, tiny_llava_dir, tmp_path):
+    out = tmp_path / "release"
+    rc = main(["protect", "--defense", "emn", "--surrogate", str(tiny_llava_dir), "--data", str(user_data),
+               "--out", str(out), "--eps", "8/255", "--quiet", "--set", "rounds=1", "--set", "train_steps=1",
+               "--set", "pgd_steps=1", "--set", "eval_size=4"])
+    assert rc == 0
+    released = read_release(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(released) == 6 and manifest["defense"] == "emn" and manifest["surrogates"][0]["family"] == "llava"
+    src = [np.asarray(Image.open(user_data.parent / "img" / f"{i}.png").convert("RGB")) for i in range(6)]
+    assert max(np.abs(r.image.astype(int) - s.astype(int)).max() for r, s in zip(released, src)) <= 8
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--defense", "nope"], "unknown defense 'nope'"),
+    (["--defense", "random_noise", "--eps", "2"], "eps must be in"),
+    (["--defense", "random_noise", "--set", "colour=3"], "unknown config key"),
+])
+def test_protect_bad_arguments_write_nothing(args, message, user_data, tmp_path, capsys):
+    out = tmp_path / "release"
+    rc = main(["protect", "--data", str(user_data), "--out", str(out), "--quiet"] + args)
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_protect_bad_data_writes_nothing(tmp_path, capsys):
+    (tmp_path / "d.json").write_text(json.dumps([{"id": "a", "image": "../x.png", "conversations": []}]))
+    rc = main(["protect", "--defense", "random_noise", "--data", str(tmp_path / "d.json"),
+               "--out", str(tmp_path / "o"), "--quiet"])
+    assert rc == 2 and "d.json" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_protect_refuses_to_overwrite_source(user_data, capsys):
+    rc = main(["protect", "--defense", "random_noise", "--data", str(user_data), "--out", str(user_data.parent),
+               "--quiet", "--overwrite"])
+    assert rc == 2 and "source data folder" in capsys.readouterr().err
+
+
+def test_parse_number():
+    assert parse_number("8/255") == pytest.approx(8 / 255)
+    assert parse_number("0.5") == 0.5

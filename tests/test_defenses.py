@@ -1,0 +1,118 @@
+"""Contract tests over every registered defense, plus EMN-specific checks."""
+import numpy as np
+import pytest
+import torch
+
+from toolkit import DEFENSES
+from toolkit.data import VQADataset
+from toolkit.defenses import enforce_budget
+
+# Small, fast settings per defense (contract tests check behaviour, not efficacy).
+FAST = {
+    "random_noise": {},
+    "emn": {"rounds": 2, "train_steps": 2, "pgd_steps": 2, "batch_size": 8, "pgd_batch_size": 8, "eval_size": 8},
+}
+
+
+def test_every_registered_defense_has_fast_settings():
+    assert set(FAST) == set(DEFENSES.names())
+
+
+def _protect(name, data, surrogate, **extra):
+    defense = DEFENSES.create(name, **{**FAST[name], **extra})
+    return defense.protect(data, [surrogate] if defense.needs_surrogate else [])
+
+
+@pytest.fixture()
+def data(digits_small):
+    return digits_small[0][:10]
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+@pytest.mark.parametrize("eps", [8 / 255, 3.5 / 255])
+def test_budget_held_after_uint8_rounding(name, eps, data, llava):
+    out = _protect(name, data, llava, eps=eps)
+    levels = int(np.floor(eps * 255 + 1e-6))
+    changes = [np.abs(p.image.astype(int) - s.image.astype(int)).max() for p, s in zip(out.dataset, data)]
+    assert max(changes) <= levels
+    assert max(changes) >= 1  # something was changed
+    assert all(p.image.dtype == np.uint8 for p in out.dataset)
+    assert [p.answer for p in out.dataset] == [s.answer for s in data]
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_input_not_mutated(name, data, llava):
+    images = [s.image.copy() for s in data]
+    weights = {k: v.clone() for k, v in llava.model.state_dict().items()}
+    flags = [p.requires_grad for p in llava.model.parameters()]
+    _protect(name, data, llava)
+    assert all(np.array_equal(a, s.image) for a, s in zip(images, data))
+    state = llava.model.state_dict()
+    assert all(torch.equal(state[k], weights[k]) for k in weights)  # surrogate restored after training
+    assert [p.requires_grad for p in llava.model.parameters()] == flags
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_same_seed_same_result_other_seed_differs(name, data, llava):
+    a = _protect(name, data, llava, seed=1)
+    b = _protect(name, data, llava, seed=1)
+    c = _protect(name, data, llava, seed=2)
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(a.dataset, b.dataset))
+    assert any(not np.array_equal(x.image, y.image) for x, y in zip(a.dataset, c.dataset))
+
+
+def test_enforce_budget_clips_a_cheating_proposal():
+    src = np.full((4, 4, 3), 100, np.uint8)
+    out = enforce_budget(src, np.full((4, 4, 3), 1.0, np.float32), 8 / 255)
+    assert out.max() == 108
+    with pytest.raises(ValueError, match="non-finite"):
+        enforce_budget(src, np.full((4, 4, 3), np.nan, np.float32), 8 / 255)
+
+
+def test_subclass_cannot_exceed_budget(data):
+    from toolkit.defenses.base import Defense
+
+    class Greedy(Defense):
+        name = "greedy_test"
+
+        def _protect(self, dataset, surrogates, progress):
+            return [np.ones_like(s.image, dtype=np.float32) for s in dataset], {}
+
+    out = Greedy(eps=4 / 255).protect(data)
+    assert max(np.abs(p.image.astype(int) - s.image.astype(int)).max() for p, s in zip(out.dataset, data)) == 4
+
+
+def test_emn_needs_a_surrogate_and_validates_dataset(data):
+    with pytest.raises(ValueError, match="needs at least one surrogate"):
+        DEFENSES.create("emn").protect(data)
+    with pytest.raises(Exception, match="empty"):
+        DEFENSES.create("random_noise").protect(VQADataset([], "empty"))
+
+
+def test_emn_descends_the_surrogate_loss(data, llava):
+    """The error-minimising noise must lower the (adapted) surrogate's loss vs clean images."""
+    out = _protect("emn", data, llava, rounds=3, pgd_steps=5)
+    hist = out.info["history"]
+    assert len(hist) == 3 and hist[-1]["loss"] < hist[0]["loss"]
+
+
+def test_emn_classwise_one_pattern_per_answer(digits_small, llava):
+    data = digits_small[0][:20]
+    out = _protect("emn", data, llava, granularity="class")
+    deltas = out.deltas()
+    by_answer = {}
+    for s, d in zip(data, deltas):
+        by_answer.setdefault(s.answer, []).append(d)
+    # interior pixels (away from the [0,1] clip) share the class pattern exactly
+    for ds in by_answer.values():
+        ref = ds[0]
+        for d in ds[1:]:
+            assert np.mean(np.isclose(d, ref, atol=1.01 / 255)) > 0.5
+
+
+def test_emn_lora_mode_leaves_base_weights(data, llava):
+    weights = {k: v.clone() for k, v in llava.model.state_dict().items()}
+    _protect("emn", data, llava, train_mode="lora")
+    assert not llava.lora_active
+    state = llava.model.state_dict()
+    assert set(state) == set(weights) and all(torch.equal(state[k], weights[k]) for k in weights)

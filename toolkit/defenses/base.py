@@ -1,0 +1,158 @@
+"""The :class:`Defense` base class (data protections) and the ``DEFENSES`` registry.
+
+Threat model: the data owner releases (x + delta, question, answer) and
+controls nothing after release; the attacker fine-tunes any model on it. A
+defense optimises delta (and later a text trigger) against one or more
+surrogates it has white-box access to.
+
+``Defense.protect`` is final: it validates the data, surrogates and
+capabilities, calls the subclass's ``_protect`` (which only *proposes*
+protected images), then enforces the L_inf budget after uint8 rounding, so no
+subclass can exceed it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..data import DataError, VQADataset, VQASample
+from ..registry import Config, Registry, check_range, make_config
+from ..surrogates.base import Surrogate
+
+__all__ = ["Defense", "DefenseConfig", "Protection", "DEFENSES", "enforce_budget"]
+
+log = logging.getLogger(__name__)
+
+DEFENSES: Registry = Registry("defense")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DefenseConfig(Config):
+    """Settings shared by every defense.
+
+    Attributes:
+        eps: L_inf budget in [0, 1] image units, in (0, 1] (8/255 by default).
+        seed: seed of every random choice the defense makes.
+    """
+
+    eps: float = 8 / 255
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_range("eps", self.eps, 0.0, 1.0, low_open=True)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+
+
+@dataclass
+class Protection:
+    """The result of :meth:`Defense.protect`.
+
+    Attributes:
+        dataset: the protected samples (uint8 images within budget, released text).
+        source: the clean input dataset (same order and ids).
+        defense: registry name; config: the defense config as a dict.
+        surrogates: descriptions of the surrogates used.
+        seconds: wall time of ``_protect``.
+        info: defense-specific records (rounds run, convergence history, ...).
+    """
+
+    dataset: VQADataset
+    source: VQADataset
+    defense: str
+    config: Dict[str, Any]
+    surrogates: List[Dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    def deltas(self) -> List[np.ndarray]:
+        """Per-sample perturbation as released, float (H, W, 3) in [0, 1] units."""
+        return [(p.image.astype(np.float32) - s.image.astype(np.float32)) / 255.0
+                for p, s in zip(self.dataset, self.source)]
+
+
+def enforce_budget(source: np.ndarray, proposal: Union[np.ndarray, torch.Tensor], eps: float) -> np.ndarray:
+    """Round a proposed image to uint8 and clip it into the L_inf ball around ``source``.
+
+    Args:
+        source: clean uint8 (H, W, 3).
+        proposal: float (H, W, 3) or (3, H, W) in [0, 1], or uint8 (H, W, 3).
+        eps: budget in [0, 1] units; the largest allowed change is floor(eps * 255) levels.
+
+    Returns:
+        uint8 (H, W, 3) with ``|out - source| <= eps * 255`` everywhere.
+    """
+    if isinstance(proposal, torch.Tensor):
+        proposal = proposal.detach().float().cpu().numpy()
+    arr = np.asarray(proposal)
+    if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
+        arr = arr.transpose(1, 2, 0)
+    if arr.shape != source.shape:
+        raise ValueError(f"proposal shape {arr.shape} != source shape {source.shape}")
+    if arr.dtype != np.uint8:
+        if not np.isfinite(arr).all():
+            raise ValueError("proposal has non-finite values")
+        arr = np.round(np.clip(arr, 0.0, 1.0) * 255.0)
+    levels = int(math.floor(eps * 255.0 + 1e-6))
+    src = source.astype(np.int16)
+    out = np.clip(arr.astype(np.int16), src - levels, src + levels)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+class Defense(ABC):
+    """Base class of every data protection.
+
+    Subclasses declare ``Config`` (a subclass of :class:`DefenseConfig`),
+    ``requires`` (surrogate capabilities needed; empty for surrogate-free
+    defenses) and implement :meth:`_protect`.
+    """
+
+    Config: ClassVar[type] = DefenseConfig
+    requires: ClassVar[Tuple[str, ...]] = ()
+    needs_surrogate: ClassVar[bool] = False
+    name: ClassVar[str]
+
+    def __init__(self, **config: Any) -> None:
+        self.config = make_config(self.Config, f"defense {getattr(self, 'name', type(self).__name__)!r}", config)
+
+    def protect(self, dataset: VQADataset, surrogates: Union[Surrogate, Sequence[Surrogate], None] = None,
+                progress: bool = False) -> Protection:
+        """Protect ``dataset`` (not mutated) against ``surrogates``; budget enforced after rounding."""
+        if not isinstance(dataset, VQADataset):
+            raise TypeError(f"dataset must be a VQADataset, got {type(dataset).__name__}")
+        dataset.require_nonempty()
+        if surrogates is None:
+            surrogates = []
+        elif isinstance(surrogates, Surrogate):
+            surrogates = [surrogates]
+        surrogates = list(surrogates)
+        if self.needs_surrogate and not surrogates:
+            raise ValueError(f"defense {self.name!r} needs at least one surrogate")
+        for s in surrogates:
+            if not isinstance(s, Surrogate):
+                raise TypeError(f"surrogates must be Surrogate objects, got {type(s).__name__}")
+            s.require(*self.requires, who=f"defense {self.name!r}")
+        start = time.perf_counter()
+        proposals, info = self._protect(dataset, surrogates, progress)
+        seconds = time.perf_counter() - start
+        if len(proposals) != len(dataset):
+            raise RuntimeError(f"{self.name}: {len(proposals)} proposals for {len(dataset)} samples")
+        protected = [s.with_(image=enforce_budget(s.image, p, self.config.eps))
+                     for s, p in zip(dataset, proposals)]
+        return Protection(
+            dataset=dataset.replace_samples(protected, f"{dataset.name}+{self.name}"), source=dataset,
+            defense=self.name, config=self.config.to_dict(), surrogates=[s.describe() for s in surrogates],
+            seconds=seconds, info=info)
+
+    @abstractmethod
+    def _protect(self, dataset: VQADataset, surrogates: List[Surrogate],
+                 progress: bool) -> Tuple[Sequence[Union[np.ndarray, torch.Tensor]], Dict[str, Any]]:
+        """Propose protected images (float [0, 1] (3, H, W) / (H, W, 3) or uint8) and an info dict."""

@@ -1,0 +1,46 @@
+"""LLaVA family surrogate (transformers ``LlavaForConditionalGeneration``).
+
+LLaVA-1.5 (Liu et al. 2023): CLIP ViT image encoder, MLP projector, Llama/Vicuna
+language model; one image becomes (crop/patch)^2 tokens (CLS dropped under the
+"default" feature strategy), inserted at the ``<image>`` placeholder.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from .hf_lvlm import HFVisionLanguageSurrogate
+from .image_processing import DifferentiableClipProcessor
+from .registry import SURROGATES
+
+__all__ = ["LlavaSurrogate"]
+
+
+@SURROGATES.register("llava")
+class LlavaSurrogate(HFVisionLanguageSurrogate):
+    """LLaVA-1.5 style model from a local ``save_pretrained`` folder.
+
+    Image input: any size (N, 3, H, W) in [0, 1]; resized (shortest edge),
+    center-cropped and normalised differentiably as the CLIP image processor does.
+    """
+
+    family = "llava"
+    model_class = "LlavaForConditionalGeneration"
+
+    def _setup(self, model: torch.nn.Module) -> None:
+        self.image_processor = DifferentiableClipProcessor.from_hf(self.processor.image_processor)
+        self.patch_size = int(model.config.vision_config.patch_size)
+        self.strategy = model.config.vision_feature_select_strategy
+
+    @property
+    def image_size(self) -> tuple:
+        return tuple(self.image_processor.output_size)
+
+    def pixel_inputs(self, pixels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {"pixel_values": self.image_processor(pixels).to(self.dtype)}
+
+    def num_image_tokens(self, height: int, width: int) -> int:
+        h, w = self.image_processor.output_size
+        n = (h // self.patch_size) * (w // self.patch_size)
+        return n + (1 if self.strategy == "full" else 0)
