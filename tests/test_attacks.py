@@ -53,3 +53,16 @@ def test_finetune_config_validated():
         FineTune(mode="everything")
     with pytest.raises(TypeError, match="unknown config key"):
         FineTune(epoch=3)
+
+
+def test_finetune_and_evaluate_mixed_sizes(tiny_llava_dir, digits_small):
+    from toolkit.data import VQADataset
+
+    data = digits_small[0][:8]
+    mixed = VQADataset([s.with_(image=np.asarray(Image.fromarray(s.image).resize((40, 36)))) if i % 2 else s
+                        for i, s in enumerate(data)], "mixed")
+    victim = load_surrogate(tiny_llava_dir)
+    result = FineTune(epochs=1, batch_size=4)(victim, mixed)
+    assert result.steps == 2
+    acc, preds = evaluate_answers(victim, mixed)
+    assert len(preds) == 8 and 0.0 <= acc <= 1.0

@@ -116,3 +116,29 @@ def test_emn_lora_mode_leaves_base_weights(data, llava):
     assert not llava.lora_active
     state = llava.model.state_dict()
     assert set(state) == set(weights) and all(torch.equal(state[k], weights[k]) for k in weights)
+
+
+def _mixed_sizes(data):
+    from PIL import Image
+
+    out = []
+    for i, s in enumerate(data):
+        side = 32 if i % 2 else 40
+        out.append(s.with_(image=np.asarray(Image.fromarray(s.image).resize((side, side + 4)))))
+    return VQADataset(out, "mixed")
+
+
+def test_emn_samplewise_keeps_mixed_resolutions(data, llava):
+    mixed = _mixed_sizes(data[:6])
+    out = _protect("emn", mixed, llava)
+    assert [p.image.shape for p in out.dataset] == [s.image.shape for s in mixed]
+    assert max(np.abs(p.image.astype(int) - s.image.astype(int)).max() for p, s in zip(out.dataset, mixed)) == 8
+    with pytest.raises(ValueError, match="same size"):
+        _protect("emn", mixed, llava, granularity="class")
+
+
+def test_restart_every_resets_the_surrogate(data, llava):
+    a = _protect("emn", data, llava, rounds=3, restart_every=1)
+    b = _protect("emn", data, llava, rounds=3)
+    assert len(a.info["history"]) == 3
+    assert any(not np.array_equal(x.image, y.image) for x, y in zip(a.dataset, b.dataset))

@@ -139,7 +139,7 @@ class VQADataset(Sequence[VQASample]):
 
 def images_to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
     """Stack same-size uint8 (H, W, 3) images into a float (N, 3, H, W) tensor in [0, 1]."""
-    arr = np.stack([np.asarray(im) for im in images])
+    arr = np.stack([np.asarray(im) for im in images])  # a fresh, writable copy
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
 
 

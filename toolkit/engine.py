@@ -5,21 +5,21 @@ mechanics (projection, sign steps, frozen parameters, batching, seeding) are
 written once.
 
 Units: pixels and perturbations are floats in [0, 1] image units; ``eps`` and
-``step_size`` are in the same units (8/255 is the usual budget). Shapes are
-(N, 3, H, W).
+``step_size`` are in the same units (8/255 is the usual budget). Batches are
+(N, 3, H, W); a dataset may mix resolutions, so per-sample tensors are kept in
+lists and batches are drawn within one resolution (:func:`shape_batches`).
 """
 from __future__ import annotations
 
 import contextlib
 from typing import Callable, Iterator, List, Optional, Sequence
 
-import numpy as np
 import torch
 
-from .data import VQADataset, VQASample, images_to_tensor
+from .data import VQASample
 
-__all__ = ["project", "pgd", "train_step", "batch_indices", "dataset_pixels", "make_generator",
-           "TrainState", "adapted"]
+__all__ = ["project", "pgd", "train_step", "shape_batches", "dataset_pixels", "gather", "make_generator",
+           "TrainState", "adapted", "Adaptation"]
 
 LossFn = Callable[[torch.Tensor, Sequence[VQASample]], torch.Tensor]
 
@@ -31,18 +31,40 @@ def make_generator(seed: int) -> torch.Generator:
     return g
 
 
-def batch_indices(n: int, batch_size: int, generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
-    """Split ``range(n)`` into batches, shuffled when a generator is given."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    return list(order.split(batch_size))
+def shape_batches(shapes: Sequence[tuple], batch_size: int, generator: Optional[torch.Generator] = None,
+                  indices: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    """Split indices into batches whose images all share one shape.
+
+    Args:
+        shapes: image shape of every item (mixed resolutions are allowed).
+        batch_size: largest batch.
+        generator: if given, items are shuffled and the batch order too.
+        indices: restrict to these items (default: all).
+
+    Returns:
+        A list of 1-D index tensors.
+    """
+    if indices is None:
+        indices = torch.arange(len(shapes))
+    if generator is not None:
+        indices = indices[torch.randperm(len(indices), generator=generator)]
+    groups: dict = {}
+    for i in indices.tolist():
+        groups.setdefault(tuple(shapes[i]), []).append(i)
+    batches = [torch.tensor(g[k:k + batch_size]) for g in groups.values() for k in range(0, len(g), batch_size)]
+    if generator is not None and len(batches) > 1:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
 
 
-def dataset_pixels(dataset: Sequence[VQASample]) -> torch.Tensor:
-    """All images of a same-size dataset as one float (N, 3, H, W) tensor in [0, 1]."""
-    shapes = {s.image.shape for s in dataset}
-    if len(shapes) != 1:
-        raise ValueError(f"images must share one size to be batched, got sizes {sorted(shapes)[:4]}...")
-    return images_to_tensor([s.image for s in dataset])
+def dataset_pixels(dataset: Sequence[VQASample]) -> List[torch.Tensor]:
+    """Every image as a float (3, H, W) tensor in [0, 1] (sizes may differ)."""
+    return [torch.tensor(s.image).permute(2, 0, 1).float().div_(255.0) for s in dataset]
+
+
+def gather(tensors: Sequence[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+    """Stack ``tensors[i]`` for ``i`` in ``idx`` into (B, ...) (all the same shape)."""
+    return torch.stack([tensors[i] for i in idx.tolist()])
 
 
 def project(delta: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -90,48 +112,74 @@ def train_step(loss_fn: LossFn, optimizer: torch.optim.Optimizer, pixels: torch.
 
 
 class TrainState:
-    """An endless shuffled stream of batches over ``n`` items, seeded.
+    """An endless seeded stream of same-shape batches over a dataset's items.
 
-    ``next()`` returns the index tensor of the next batch; a new permutation is
-    drawn after every pass.
+    ``next()`` returns the index tensor of the next batch; a new shuffled pass
+    starts when one is used up.
     """
 
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
-        if n < 1:
+    def __init__(self, shapes: Sequence[tuple], batch_size: int, generator: torch.Generator) -> None:
+        if len(shapes) < 1:
             raise ValueError("cannot draw batches from an empty dataset")
-        self.n, self.batch_size, self.generator = n, min(batch_size, n), generator
+        self.shapes, self.batch_size, self.generator = list(shapes), min(batch_size, len(shapes)), generator
         self._queue: List[torch.Tensor] = []
+
+    def batches_per_pass(self) -> int:
+        """How many batches one pass over the data has."""
+        return len(shape_batches(self.shapes, self.batch_size))
 
     def next(self) -> torch.Tensor:
         """Indices of the next batch."""
         if not self._queue:
-            self._queue = batch_indices(self.n, self.batch_size, self.generator)
+            self._queue = shape_batches(self.shapes, self.batch_size, self.generator)
         return self._queue.pop(0)
 
 
+class Adaptation:
+    """Trainable state of a surrogate inside :func:`adapted`: ``params`` and ``reset()``."""
+
+    def __init__(self, surrogate, mode: str, lora) -> None:
+        self.surrogate, self.mode, self.lora = surrogate, mode, lora
+        self.params: List[torch.nn.Parameter] = []
+        self._saved: List[torch.Tensor] = []
+
+    def start(self) -> None:
+        if self.mode == "lora":
+            from .surrogates.hf_lvlm import LoraSettings
+
+            self.surrogate.attach_lora(self.lora or LoraSettings())
+            self.params = self.surrogate.trainable_parameters("lora")
+        else:
+            self.params = self.surrogate.trainable_parameters(self.mode)
+            self._saved = [p.detach().clone() for p in self.params]
+
+    def stop(self) -> None:
+        if self.mode == "lora":
+            self.surrogate.detach_lora(merge=False)
+        else:
+            with torch.no_grad():
+                for p, s in zip(self.params, self._saved):
+                    p.copy_(s)
+
+    def reset(self) -> List[torch.nn.Parameter]:
+        """Back to the starting weights (a fresh adapter for LoRA); returns the new parameter list."""
+        self.stop()
+        self.start()
+        return self.params
+
+
 @contextlib.contextmanager
-def adapted(surrogate, mode: str = "full", lora=None) -> Iterator[List[torch.nn.Parameter]]:
+def adapted(surrogate, mode: str = "full", lora=None) -> Iterator[Adaptation]:
     """Temporarily make ``surrogate`` trainable and give it back unchanged afterwards.
 
     ``mode="lora"`` attaches a fresh adapter and removes it on exit (base weights
     never change); ``"full"`` / ``"projector"`` snapshot the trainable weights
     and restore them on exit, so a defense never mutates the surrogate it was
-    given. Yields the parameters to optimise.
+    given. Yields an :class:`Adaptation` (``.params`` to optimise, ``.reset()``).
     """
-    if mode == "lora":
-        from .surrogates.hf_lvlm import LoraSettings
-
-        surrogate.attach_lora(lora or LoraSettings())
-        try:
-            yield surrogate.trainable_parameters("lora")
-        finally:
-            surrogate.detach_lora(merge=False)
-        return
-    params = surrogate.trainable_parameters(mode)
-    saved = [p.detach().clone() for p in params]
+    state = Adaptation(surrogate, mode, lora)
+    state.start()
     try:
-        yield params
+        yield state
     finally:
-        with torch.no_grad():
-            for p, s in zip(params, saved):
-                p.copy_(s)
+        state.stop()

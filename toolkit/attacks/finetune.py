@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import VQADataset
-from ..engine import TrainState, dataset_pixels, make_generator, train_step
+from ..engine import TrainState, dataset_pixels, gather, make_generator, train_step
 from ..registry import Config, check_choice, check_range, make_config
 from ..surrogates.base import Surrogate
 from ..surrogates.hf_lvlm import LoraSettings
@@ -79,8 +79,8 @@ class FineTune:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         pixels = dataset_pixels(train)
         samples = list(train)
-        stream = TrainState(len(samples), cfg.batch_size, make_generator(cfg.seed))
-        per_epoch = -(-len(samples) // stream.batch_size)
+        stream = TrainState([s.image.shape for s in samples], cfg.batch_size, make_generator(cfg.seed))
+        per_epoch = stream.batches_per_pass()
         result = FineTuneResult(steps=0)
         start = time.perf_counter()
         with victim.training(params):
@@ -89,7 +89,7 @@ class FineTune:
                 losses = []
                 for _ in range(per_epoch):
                     idx = stream.next()
-                    losses.append(train_step(victim.loss, optimizer, pixels[idx], [samples[i] for i in idx],
+                    losses.append(train_step(victim.loss, optimizer, gather(pixels, idx), [samples[i] for i in idx],
                                              cfg.max_grad_norm))
                     result.steps += 1
                 result.epoch_losses.append(sum(losses) / len(losses))

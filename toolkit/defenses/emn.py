@@ -12,6 +12,13 @@ Threat model: white-box on the surrogate(s); the victim may differ. The
 surrogate is trained from its given weights (``train_mode="full"`` for a small
 from-scratch model, ``"lora"`` for a pretrained LVLM) and restored afterwards.
 
+Restarts (``restart_every``, ours): every k rounds the surrogate goes back to
+its starting weights (a fresh adapter for LoRA) and a fresh optimiser. The
+noise is then optimised to be what a model picks up *first* rather than a
+complement to features a long-trained surrogate already knows. On the digits
+task sample-wise EMN only becomes a shortcut this way (see the README's
+table); the classic recipe is ``restart_every=0``.
+
 Stopping: after each round the surrogate is scored on ``eval_size`` training
 samples, with and without the noise (teacher-forced exact match). Stop when the
 accuracy on protected data reaches ``stop_accuracy`` *and* the accuracy on the
@@ -30,7 +37,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import VQASample
-from ..engine import TrainState, adapted, dataset_pixels, make_generator, pgd, train_step
+from ..engine import (TrainState, adapted, dataset_pixels, gather, make_generator, pgd, project, shape_batches,
+                      train_step)
 from ..registry import check_choice, check_range
 from ..surrogates.hf_lvlm import LoraSettings
 from .base import DEFENSES, Defense, DefenseConfig
@@ -48,7 +56,8 @@ class EMN(Defense):
     ``granularity``, ``rounds`` (maximum), ``train_steps`` and ``pgd_steps`` per
     round, ``step_size``, ``pgd_fraction`` (share of samples updated per round),
     ``batch_size``, ``pgd_batch_size``, ``lr``, ``train_mode``, ``lora_rank``,
-    ``init``, ``stop_accuracy``, ``stop_clean_accuracy``, ``stop_loss``, ``eval_size``.
+    ``init``, ``stop_accuracy``, ``stop_clean_accuracy``, ``stop_loss``, ``eval_size``,
+    ``restart_every``.
     """
 
     requires = ("image_grad", "trainable")
@@ -72,6 +81,7 @@ class EMN(Defense):
         stop_clean_accuracy: float = 0.5
         stop_loss: float = 0.0
         eval_size: int = 256
+        restart_every: int = 0
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -90,6 +100,7 @@ class EMN(Defense):
             check_range("stop_clean_accuracy", self.stop_clean_accuracy, 0, 1)
             check_range("stop_loss", self.stop_loss, 0, 1e9)
             check_range("eval_size", self.eval_size, 1, 1 << 30)
+            check_range("restart_every", self.restart_every, 0, 1 << 30)
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -97,10 +108,11 @@ class EMN(Defense):
         """Per-sample loss averaged over surrogates (uniform weights)."""
         return sum(s.loss(pixels, samples) for s in surrogates) / len(surrogates)
 
-    def _perturbed(self, x: torch.Tensor, idx: torch.Tensor, delta: torch.Tensor,
-                   classes: Optional[torch.Tensor]) -> torch.Tensor:
-        d = delta[classes[idx]] if classes is not None else delta[idx]
-        return (x[idx] + d).clamp(0, 1)
+    def _batch(self, x: List[torch.Tensor], delta, idx: torch.Tensor,
+               classes: Optional[torch.Tensor]) -> torch.Tensor:
+        """Protected pixels (B, 3, H, W) of the items ``idx`` under the current noise."""
+        d = delta[classes[idx]] if classes is not None else gather(delta, idx)
+        return (gather(x, idx) + d).clamp(0, 1)
 
     # ------------------------------------------------------------------ main loop
     def _protect(self, dataset, surrogates, progress):
@@ -108,59 +120,64 @@ class EMN(Defense):
         gen = make_generator(cfg.seed)
         x = dataset_pixels(dataset)
         samples = list(dataset)
+        shapes = [s.image.shape for s in samples]
         n = len(samples)
         classes = None
         if cfg.granularity == "class":
+            if len(set(shapes)) > 1:
+                raise ValueError(f"class-wise EMN needs all images the same size; {dataset.name} has "
+                                 f"{len(set(shapes))} sizes (resize first or use granularity='sample')")
             labels = dataset.answers
             classes = torch.tensor([labels.index(s.answer) for s in samples])
-            shape = (len(labels),) + tuple(x.shape[1:])
+            delta = torch.zeros((len(labels),) + tuple(x[0].shape))
+            if cfg.init == "uniform":
+                delta = (torch.rand(delta.shape, generator=gen) * 2 - 1) * cfg.eps
         else:
-            shape = tuple(x.shape)
-        delta = torch.zeros(shape)
-        if cfg.init == "uniform":
-            delta = (torch.rand(shape, generator=gen) * 2 - 1) * cfg.eps
-
-        def project_fn(d: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
-            d = d.clamp(-cfg.eps, cfg.eps)
-            return d if idx is None else (x[idx] + d).clamp(0, 1) - x[idx]
+            delta = [torch.zeros_like(t) for t in x]
+            if cfg.init == "uniform":
+                delta = [(torch.rand(t.shape, generator=gen) * 2 - 1) * cfg.eps for t in x]
 
         history: List[Dict[str, float]] = []
         lora = LoraSettings(rank=cfg.lora_rank, alpha=2 * cfg.lora_rank)
         with contextlib.ExitStack() as stack:
-            param_lists = [stack.enter_context(adapted(s, cfg.train_mode, lora)) for s in surrogates]
-            optimizers = [torch.optim.AdamW(p, lr=cfg.lr, weight_decay=0.0) for p in param_lists]
-            stream = TrainState(n, cfg.batch_size, gen)
+            states = [stack.enter_context(adapted(s, cfg.train_mode, lora)) for s in surrogates]
+            optimizers = [torch.optim.AdamW(st.params, lr=cfg.lr, weight_decay=0.0) for st in states]
+            stream = TrainState(shapes, cfg.batch_size, gen)
             eval_idx = torch.randperm(n, generator=gen)[:cfg.eval_size]
             bar = tqdm(range(cfg.rounds), desc=f"emn {cfg.granularity}", disable=not progress, leave=False)
             converged = False
             for rnd in bar:
+                if cfg.restart_every and rnd and rnd % cfg.restart_every == 0:
+                    optimizers = [torch.optim.AdamW(st.reset(), lr=cfg.lr, weight_decay=0.0) for st in states]
                 # (a) train the surrogate(s) on the current protected data
-                for s, opt, params in zip(surrogates, optimizers, param_lists):
-                    with s.training(params):
+                for s, opt, st in zip(surrogates, optimizers, states):
+                    with s.training(st.params):
                         for _ in range(cfg.train_steps):
                             idx = stream.next()
-                            train_step(s.loss, opt, self._perturbed(x, idx, delta, classes),
-                                       [samples[i] for i in idx])
+                            train_step(s.loss, opt, self._batch(x, delta, idx, classes), [samples[i] for i in idx])
                 # (b) PGD descent on delta against the frozen, adapted surrogate(s)
                 n_pgd = max(1, int(round(cfg.pgd_fraction * n)))
                 pgd_idx = torch.randperm(n, generator=gen)[:n_pgd]
                 with contextlib.ExitStack() as frozen:
                     for s in surrogates:
                         frozen.enter_context(s.frozen())
-                    for idx in pgd_idx.split(cfg.pgd_batch_size):
+                    for idx in shape_batches(shapes, cfg.pgd_batch_size, indices=pgd_idx):
                         batch = [samples[i] for i in idx]
+                        xb = gather(x, idx)
                         if classes is None:
-                            delta[idx] = pgd(
-                                lambda d: self._ensemble_loss(surrogates, x[idx] + d, batch).sum(), delta[idx],
-                                step_size=cfg.step_size, steps=cfg.pgd_steps,
-                                project_fn=lambda d: project_fn(d, idx))
+                            new = pgd(lambda d: self._ensemble_loss(surrogates, xb + d, batch).sum(),
+                                      gather(delta, idx), step_size=cfg.step_size, steps=cfg.pgd_steps,
+                                      project_fn=lambda d: project(d, xb, cfg.eps))
+                            for j, i in enumerate(idx.tolist()):
+                                delta[i] = new[j]
                         else:
                             cls = classes[idx]
                             delta = pgd(
-                                lambda d: self._ensemble_loss(surrogates, (x[idx] + d[cls]).clamp(0, 1), batch).sum(),
-                                delta, step_size=cfg.step_size, steps=cfg.pgd_steps, project_fn=project_fn)
+                                lambda d: self._ensemble_loss(surrogates, (xb + d[cls]).clamp(0, 1), batch).sum(),
+                                delta, step_size=cfg.step_size, steps=cfg.pgd_steps,
+                                project_fn=lambda d: d.clamp(-cfg.eps, cfg.eps))
                     # (c) convergence check on a fixed subset, protected vs clean
-                    stats = self._score(surrogates, x, delta, classes, samples, eval_idx)
+                    stats = self._score(surrogates, x, delta, classes, samples, shapes, eval_idx)
                 stats["round"] = rnd + 1
                 history.append(stats)
                 bar.set_postfix(acc=f"{stats['accuracy']:.2f}", clean=f"{stats['clean_accuracy']:.2f}",
@@ -170,18 +187,20 @@ class EMN(Defense):
                         or stats["loss"] < cfg.stop_loss:
                     converged = True
                     break
-        final = delta[classes] if classes is not None else delta
-        proposals = list((x + final).clamp(0, 1))
+        if classes is not None:
+            proposals = [(xi + delta[c]).clamp(0, 1) for xi, c in zip(x, classes.tolist())]
+        else:
+            proposals = [(xi + di).clamp(0, 1) for xi, di in zip(x, delta)]
         return proposals, {"rounds": len(history), "converged": converged, "history": history}
 
     @torch.no_grad()
-    def _score(self, surrogates, x, delta, classes, samples, eval_idx) -> Dict[str, float]:
+    def _score(self, surrogates, x, delta, classes, samples, shapes, eval_idx) -> Dict[str, float]:
         accs, clean_accs, losses = [], [], []
-        for idx in eval_idx.split(self.config.pgd_batch_size):
+        for idx in shape_batches(shapes, self.config.pgd_batch_size, indices=eval_idx):
             batch = [samples[i] for i in idx]
             for s in surrogates:
-                loss, correct = s.loss_and_correct(self._perturbed(x, idx, delta, classes), batch)
-                _, clean_correct = s.loss_and_correct(x[idx], batch)
+                loss, correct = s.loss_and_correct(self._batch(x, delta, idx, classes), batch)
+                _, clean_correct = s.loss_and_correct(gather(x, idx), batch)
                 losses.append(loss)
                 accs.append(correct.float())
                 clean_accs.append(clean_correct.float())

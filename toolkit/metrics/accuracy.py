@@ -5,8 +5,6 @@ import re
 import string
 from typing import List, Optional, Sequence, Tuple
 
-import torch
-
 from ..data import VQASample, images_to_tensor
 from .base import METRICS, Metric
 
@@ -56,10 +54,17 @@ class Accuracy(Metric):
 
 def evaluate_answers(victim, samples: Sequence[VQASample], batch_size: int = 64,
                      max_new_tokens: int = 8) -> Tuple[float, List[str]]:
-    """Greedy answers of ``victim`` on ``samples`` (should be the CLEAN test split) and their accuracy."""
-    preds: List[str] = []
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
+    """Greedy answers of ``victim`` on ``samples`` (should be the CLEAN test split) and their accuracy.
+
+    Images of different sizes are batched by size; answers come back in sample order.
+    """
+    from ..engine import shape_batches
+
+    preds: List[str] = [""] * len(samples)
+    for idx in shape_batches([s.image.shape for s in samples], batch_size):
+        chunk = [samples[i] for i in idx.tolist()]
         pixels = images_to_tensor([s.image for s in chunk])
-        preds.extend(victim.answer(pixels, [s.question for s in chunk], max_new_tokens=max_new_tokens))
+        for i, answer in zip(idx.tolist(), victim.answer(pixels, [s.question for s in chunk],
+                                                         max_new_tokens=max_new_tokens)):
+            preds[i] = answer
     return Accuracy()(preds, samples), preds
