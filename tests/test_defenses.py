@@ -142,3 +142,23 @@ def test_restart_every_resets_the_surrogate(data, llava):
     b = _protect("emn", data, llava, rounds=3)
     assert len(a.info["history"]) == 3
     assert any(not np.array_equal(x.image, y.image) for x, y in zip(a.dataset, b.dataset))
+
+
+def test_random_reinit_restarts_restore_the_surrogate(data, llava):
+    weights = {k: v.clone() for k, v in llava.model.state_dict().items()}
+    a = _protect("emn", data, llava, rounds=3, restart_every=1, restart_init="random")
+    state = llava.model.state_dict()
+    assert all(torch.equal(state[k], weights[k]) for k in weights)
+    b = _protect("emn", data, llava, rounds=3, restart_every=1, restart_init="same")
+    assert any(not np.array_equal(x.image, y.image) for x, y in zip(a.dataset, b.dataset))
+    with pytest.raises(ValueError, match="train_mode='full'"):
+        DEFENSES.create("emn", restart_init="random", train_mode="lora")
+
+
+def test_reinitialize_is_seeded(llava):
+    llava.reinitialize(3)
+    first = {k: v.clone() for k, v in llava.model.state_dict().items()}
+    llava.reinitialize(4)
+    assert any(not torch.equal(first[k], v) for k, v in llava.model.state_dict().items())
+    llava.reinitialize(3)
+    assert all(torch.equal(first[k], v) for k, v in llava.model.state_dict().items())

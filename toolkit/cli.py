@@ -1,4 +1,4 @@
-"""Command line: ``mmguard demo`` and ``mmguard protect``."""
+"""Command line: ``mmguard demo``, ``mmguard protect`` and ``mmguard train-purifier``."""
 from __future__ import annotations
 
 import argparse
@@ -72,6 +72,22 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_purifier(args: argparse.Namespace) -> int:
+    from .attacks.purification import train_purifier
+    from .data import load_dataset
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise SystemExit(f"error: {out} is not empty; pass --overwrite to replace it")
+    clean = load_dataset(args.data)
+    path = train_purifier(clean, out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          timesteps=args.timesteps, channels=args.channels, seed=args.seed,
+                          device=args.device, progress=not args.quiet)
+    print(f"trained a purifier on {len(clean)} clean images -> {path} "
+          f"(use: diffusion_purification model={path})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mmguard`` argument parser."""
     parser = argparse.ArgumentParser(prog="mmguard", description="MMGuard Toolkit: protect image+text data "
@@ -101,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     protect.add_argument("--quiet", action="store_true")
     protect.set_defaults(func=_cmd_protect)
+
+    purifier = sub.add_parser("train-purifier", help="train a small diffusion denoiser on the attacker's clean images")
+    purifier.add_argument("--data", required=True, help="the attacker's own clean images (.json / .jsonl)")
+    purifier.add_argument("--out", required=True, help="folder for unet/ and scheduler/")
+    purifier.add_argument("--epochs", type=int, default=20)
+    purifier.add_argument("--batch-size", type=int, default=32)
+    purifier.add_argument("--lr", type=float, default=1e-3)
+    purifier.add_argument("--timesteps", type=int, default=200)
+    purifier.add_argument("--channels", type=int, default=32)
+    purifier.add_argument("--seed", type=int, default=0)
+    purifier.add_argument("--device", default="cpu")
+    purifier.add_argument("--overwrite", action="store_true")
+    purifier.add_argument("--quiet", action="store_true")
+    purifier.set_defaults(func=_cmd_train_purifier)
     return parser
 
 
@@ -117,7 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except (DataError, ReleaseError, CapabilityError, ValueError, KeyError, TypeError, FileNotFoundError,
-            argparse.ArgumentTypeError) as exc:
+            argparse.ArgumentTypeError, ImportError, RuntimeError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -34,9 +34,13 @@ log = logging.getLogger(__name__)
 DEMO_DEFENSES: Sequence = (
     ("clean", None, {}),
     ("random_noise", "random_noise", {}),
+    # Class-wise EMN; every 5 rounds the surrogate restarts from a NEW random init, so the noise
+    # cannot lean on one initialisation's features and transfers to the victim's (other) init.
     ("emn (class-wise)", "emn", {"granularity": "class", "rounds": 40, "train_steps": 10, "pgd_steps": 10,
-                                 "pgd_fraction": 0.2}),
-    ("emn (sample-wise)", "emn", {"granularity": "sample", "rounds": 30, "train_steps": 10, "pgd_steps": 5}),
+                                 "pgd_fraction": 0.2, "restart_every": 5, "restart_init": "random"}),
+    # Sample-wise EMN; every 3 rounds the surrogate restarts from its starting weights.
+    ("emn (sample-wise)", "emn", {"granularity": "sample", "rounds": 30, "train_steps": 20, "pgd_steps": 5,
+                                  "restart_every": 3, "stop_clean_accuracy": 0.3}),
 )
 #: (label, registry name, config) of the demo's countermeasures; None = no countermeasure.
 DEMO_COUNTERMEASURES: Sequence = (("none", None, {}), ("jpeg-10", "jpeg", {"quality": 10}))

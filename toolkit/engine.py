@@ -161,8 +161,18 @@ class Adaptation:
                 for p, s in zip(self.params, self._saved):
                     p.copy_(s)
 
-    def reset(self) -> List[torch.nn.Parameter]:
-        """Back to the starting weights (a fresh adapter for LoRA); returns the new parameter list."""
+    def reset(self, reinit_seed: Optional[int] = None) -> List[torch.nn.Parameter]:
+        """Back to the starting weights (a fresh adapter for LoRA); returns the new parameter list.
+
+        With ``reinit_seed`` (full mode only) the surrogate instead gets a new random
+        initialisation drawn with that seed; the original weights still come back on exit.
+        """
+        if reinit_seed is not None:
+            if self.mode != "full":
+                raise ValueError("random re-initialisation needs train_mode='full'")
+            self.surrogate.reinitialize(reinit_seed)
+            self.params = self.surrogate.trainable_parameters("full")
+            return self.params
         self.stop()
         self.start()
         return self.params

@@ -1,6 +1,15 @@
 """The attacker's side: countermeasures (``COUNTERMEASURES``) and the unauthorized fine-tuning."""
-from .base import COUNTERMEASURES, Transform
+from .base import COUNTERMEASURES, Chain, Transform
 from .finetune import FineTune, FineTuneResult
+from .image_transforms import BitDepth, GaussianBlur, Grayscale, MedianFilter, RandomCropPad, Resize
 from .jpeg import JPEG
+from .lightshed import LightShed, PerturbationEstimator
+from .mixing import MixClean
+from .purification import DiffusionPurification, train_purifier
+from .text_transforms import Lowercase, Punctuation, Whitespace
+from .trigger_filter import TriggerFilter
+from .training import AdversarialTraining, HeavyAugmentation, TrainingCountermeasure
 
-__all__ = ["COUNTERMEASURES", "Transform", "JPEG", "FineTune", "FineTuneResult"]
+__all__ = ["COUNTERMEASURES", "Transform", "Chain", "JPEG", "TriggerFilter", "DiffusionPurification", "train_purifier", "LightShed", "PerturbationEstimator", "MixClean", "Grayscale", "BitDepth", "GaussianBlur",
+           "MedianFilter", "Resize", "RandomCropPad", "Punctuation", "Lowercase", "Whitespace", "FineTune",
+           "FineTuneResult", "TrainingCountermeasure", "AdversarialTraining", "HeavyAugmentation"]

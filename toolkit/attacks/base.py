@@ -2,21 +2,43 @@
 
 A data-side :class:`Transform` maps a (protected) training set to a new
 dataset; it is applied to the TRAINING split only. The pipeline never hands it
-the clean test split.
+the clean test split. Transforms compose: ``COUNTERMEASURES.create("jpeg+punctuation")``
+is a :class:`Chain` applying them left to right.
 """
 from __future__ import annotations
 
 from abc import ABC
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Dict, Optional, Sequence
 
 import numpy as np
 
-from ..data import VQADataset, VQASample
+from ..data import VQADataset
 from ..registry import Config, Registry, make_config
 
-__all__ = ["Transform", "COUNTERMEASURES"]
+__all__ = ["Transform", "Chain", "COUNTERMEASURES"]
 
-COUNTERMEASURES: Registry = Registry("countermeasure")
+
+class _CountermeasureRegistry(Registry):
+    """Registry whose ``create`` also builds chains from ``"a+b+c"`` names.
+
+    For a chain, keyword arguments are per-member config dicts keyed by member
+    name: ``create("jpeg+resize", jpeg={"quality": 30}, resize={"scale": 0.5})``.
+    """
+
+    def create(self, name: str, **config: Any):  # type: ignore[override]
+        if "+" not in name:
+            return super().create(name, **config)
+        parts = [p.strip() for p in name.split("+")]
+        unknown = sorted(set(config) - set(parts))
+        if unknown:
+            raise TypeError(f"chain {name!r}: config keys must be member names {parts}, got {unknown}")
+        for key, value in config.items():
+            if not isinstance(value, dict):
+                raise TypeError(f"chain {name!r}: config for {key!r} must be a dict, got {type(value).__name__}")
+        return Chain([super(_CountermeasureRegistry, self).create(p, **config.get(p, {})) for p in parts])
+
+
+COUNTERMEASURES: Registry = _CountermeasureRegistry("countermeasure")
 
 
 class Transform(ABC):
@@ -24,16 +46,19 @@ class Transform(ABC):
 
     Subclasses declare a frozen ``Config`` dataclass and override
     :meth:`transform_image` (uint8 (H, W, 3) -> uint8 (H, W, 3)) and/or
-    :meth:`transform_question`. Inputs are never mutated.
+    :meth:`transform_question`. A config with a ``seed`` field gets a seeded
+    numpy ``Generator`` per call, shared by the samples in order. Inputs are
+    never mutated.
     """
 
     Config: ClassVar[type] = Config
     name: ClassVar[str]
 
     def __init__(self, **config: Any) -> None:
-        self.config = make_config(self.Config, type(self).__name__, config)
+        self.config = make_config(self.Config, f"countermeasure {getattr(self, 'name', type(self).__name__)!r}",
+                                  config)
 
-    def transform_image(self, image: np.ndarray) -> np.ndarray:
+    def transform_image(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Return the transformed image (default: unchanged)."""
         return image
 
@@ -43,9 +68,10 @@ class Transform(ABC):
 
     def __call__(self, dataset: VQADataset) -> VQADataset:
         """Apply to every sample; returns a new dataset named ``<name>+<transform>``."""
+        rng = np.random.default_rng(getattr(self.config, "seed", 0))
         out = []
         for s in dataset:
-            image = self.transform_image(s.image)
+            image = self.transform_image(s.image, rng)
             if image.shape != s.image.shape or image.dtype != np.uint8:
                 raise RuntimeError(f"{self.name}: must return uint8 {s.image.shape}, got {image.dtype} {image.shape}")
             out.append(s.with_(image=image, question=self.transform_question(s.question)))
@@ -53,3 +79,23 @@ class Transform(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
+
+
+class Chain(Transform):
+    """Countermeasures applied left to right; itself a countermeasure."""
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        if not transforms:
+            raise ValueError("a chain needs at least one countermeasure")
+        self.transforms = list(transforms)
+        self.name = "+".join(t.name for t in self.transforms)  # type: ignore[misc]
+        self.config = Config()
+
+    def __call__(self, dataset: VQADataset) -> VQADataset:
+        for t in self.transforms:
+            dataset = t(dataset)
+        return dataset
+
+    def describe(self) -> Dict[str, Any]:
+        """Member names and configs (for result rows)."""
+        return {t.name: t.config.to_dict() for t in self.transforms}

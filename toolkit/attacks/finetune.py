@@ -41,7 +41,8 @@ class FineTune:
 
     Config (keyword-only): ``mode`` full|projector|lora, ``epochs``, ``lr`` (AdamW),
     ``batch_size``, ``weight_decay``, ``lora_rank``, ``lora_alpha``,
-    ``lora_dropout``, ``seed`` (batch order), ``max_grad_norm``.
+    ``lora_dropout``, ``seed`` (batch order), ``max_grad_norm``, ``schedule``
+    (constant or cosine decay of the learning rate to 0).
     """
 
     @dataclass(frozen=True, kw_only=True)
@@ -56,9 +57,11 @@ class FineTune:
         lora_dropout: float = 0.0
         seed: int = 0
         max_grad_norm: float = 1.0
+        schedule: str = "cosine"
 
         def __post_init__(self) -> None:
             check_choice("mode", self.mode, {"full", "projector", "lora"})
+            check_choice("schedule", self.schedule, {"constant", "cosine"})
             check_range("epochs", self.epochs, 1, 10_000)
             check_range("lr", self.lr, 0, 1, low_open=True)
             check_range("batch_size", self.batch_size, 1, 1 << 20)
@@ -67,9 +70,17 @@ class FineTune:
     def __init__(self, **config: Any) -> None:
         self.config = make_config(self.Config, "FineTune", config)
 
-    def __call__(self, victim: Surrogate, train: VQADataset, progress: bool = False) -> FineTuneResult:
-        """Train ``victim`` on ``train`` (a protected and possibly countermeasured training split)."""
+    def __call__(self, victim: Surrogate, train: VQADataset, progress: bool = False,
+                 countermeasure=None) -> FineTuneResult:
+        """Train ``victim`` on ``train`` (a protected and possibly countermeasured training split).
+
+        ``countermeasure``: an optional training-side countermeasure
+        (:class:`~toolkit.attacks.training.TrainingCountermeasure`) that rewrites
+        every batch (adversarial training, heavy augmentation).
+        """
         cfg = self.config
+        if countermeasure is not None and not getattr(countermeasure, "training_side", False):
+            raise TypeError(f"{countermeasure!r} is a data-side countermeasure: apply it to the dataset instead")
         victim.require("trainable", who="FineTune")
         train.require_nonempty()
         if cfg.mode == "lora":
@@ -79,8 +90,12 @@ class FineTune:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         pixels = dataset_pixels(train)
         samples = list(train)
-        stream = TrainState([s.image.shape for s in samples], cfg.batch_size, make_generator(cfg.seed))
+        generator = make_generator(cfg.seed)
+        stream = TrainState([s.image.shape for s in samples], cfg.batch_size, generator)
         per_epoch = stream.batches_per_pass()
+        scheduler = None
+        if cfg.schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * per_epoch)
         result = FineTuneResult(steps=0)
         start = time.perf_counter()
         with victim.training(params):
@@ -89,8 +104,12 @@ class FineTune:
                 losses = []
                 for _ in range(per_epoch):
                     idx = stream.next()
-                    losses.append(train_step(victim.loss, optimizer, gather(pixels, idx), [samples[i] for i in idx],
-                                             cfg.max_grad_norm))
+                    batch, chosen = gather(pixels, idx), [samples[i] for i in idx]
+                    if countermeasure is not None:
+                        batch = countermeasure.batch(victim, batch, chosen, generator)
+                    losses.append(train_step(victim.loss, optimizer, batch, chosen, cfg.max_grad_norm))
+                    if scheduler is not None:
+                        scheduler.step()
                     result.steps += 1
                 result.epoch_losses.append(sum(losses) / len(losses))
                 bar.set_postfix(loss=f"{result.epoch_losses[-1]:.3f}")

@@ -28,7 +28,7 @@ class JPEG(Transform):
                 raise ValueError(f"quality must be an integer in [1, 95], got {self.quality!r}")
             check_range("quality", self.quality, 1, 95)
 
-    def transform_image(self, image: np.ndarray) -> np.ndarray:
+    def transform_image(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         from PIL import Image
 
         buf = io.BytesIO()

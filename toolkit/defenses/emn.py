@@ -13,7 +13,9 @@ surrogate is trained from its given weights (``train_mode="full"`` for a small
 from-scratch model, ``"lora"`` for a pretrained LVLM) and restored afterwards.
 
 Restarts (``restart_every``, ours): every k rounds the surrogate goes back to
-its starting weights (a fresh adapter for LoRA) and a fresh optimiser. The
+its starting weights (a fresh adapter for LoRA) and a fresh optimiser, or, with
+``restart_init="random"`` (from-scratch surrogates), to a new random
+initialisation, so the noise cannot lean on one initialisation's features. The
 noise is then optimised to be what a model picks up *first* rather than a
 complement to features a long-trained surrogate already knows. On the digits
 task sample-wise EMN only becomes a shortcut this way (see the README's
@@ -82,6 +84,7 @@ class EMN(Defense):
         stop_loss: float = 0.0
         eval_size: int = 256
         restart_every: int = 0
+        restart_init: str = "same"
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -101,6 +104,9 @@ class EMN(Defense):
             check_range("stop_loss", self.stop_loss, 0, 1e9)
             check_range("eval_size", self.eval_size, 1, 1 << 30)
             check_range("restart_every", self.restart_every, 0, 1 << 30)
+            check_choice("restart_init", self.restart_init, {"same", "random"})
+            if self.restart_init == "random" and self.train_mode != "full":
+                raise ValueError("restart_init='random' needs train_mode='full' (a from-scratch surrogate)")
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -148,7 +154,10 @@ class EMN(Defense):
             converged = False
             for rnd in bar:
                 if cfg.restart_every and rnd and rnd % cfg.restart_every == 0:
-                    optimizers = [torch.optim.AdamW(st.reset(), lr=cfg.lr, weight_decay=0.0) for st in states]
+                    seeds = [int(torch.randint(0, 2 ** 31 - 1, (), generator=gen)) if cfg.restart_init == "random"
+                             else None for _ in states]
+                    optimizers = [torch.optim.AdamW(st.reset(seed), lr=cfg.lr, weight_decay=0.0)
+                                  for st, seed in zip(states, seeds)]
                 # (a) train the surrogate(s) on the current protected data
                 for s, opt, st in zip(surrogates, optimizers, states):
                     with s.training(st.params):

@@ -218,6 +218,27 @@ class HFVisionLanguageSurrogate(Surrogate):
         new = out[:, batch.input_ids.shape[1]:]
         return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
+    @torch.no_grad()
+    def text_nll(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Mean next-token NLL of each text under the language model alone (no image), shape (N,).
+
+        exp of it is the perplexity ONION-style trigger filters compare.
+        """
+        out = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(texts), batch_size):
+                chunk = list(texts[start:start + batch_size])
+                enc = self.tokenizer(chunk, return_tensors="pt", padding=True).to(self.device)
+                logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
+                tgt = enc["input_ids"][:, 1:].masked_fill(enc["attention_mask"][:, 1:] == 0, -100)
+                nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), tgt, ignore_index=-100, reduction="none")
+                out.append(nll.sum(1) / (tgt != -100).sum(1).clamp(min=1))
+        finally:
+            self.model.train(was_training)
+        return torch.cat(out).cpu()
+
     # ----------------------------------------------------------------- training / LoRA
     def trainable_parameters(self, mode: str) -> List[torch.nn.Parameter]:
         named = list(self.model.named_parameters())
@@ -233,6 +254,19 @@ class HFVisionLanguageSurrogate(Surrogate):
                 raise RuntimeError("mode 'lora' needs an adapter: call attach_lora() first")
             return [p for n, p in named if "lora_" in n]
         raise ValueError(f"mode must be 'full', 'projector' or 'lora', got {mode!r}")
+
+    @torch.no_grad()
+    def reinitialize(self, seed: int) -> None:
+        """Overwrite every weight with a fresh random initialisation of the same architecture (seeded).
+
+        For from-scratch surrogates (min-min restarts with new inits); not for pretrained models.
+        """
+        if self._lora_active:
+            raise RuntimeError("detach the LoRA adapter before reinitialising")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            fresh = type(self.model)(self.model.config)
+        self.model.load_state_dict(fresh.to(dtype=self.dtype).state_dict())
 
     def attach_lora(self, settings: LoraSettings = LoraSettings()) -> None:
         """Wrap the model with a fresh peft LoRA adapter (base weights untouched)."""

@@ -1,0 +1,85 @@
+"""ONION-style trigger filtering (Qi et al., EMNLP 2021) on the questions of the training split.
+
+For each word w of a question, the suspicion score is how much removing w lowers
+the language model's log-perplexity of the question: f(w) = nll(q) - nll(q without w).
+Inserted trigger words are unnatural, so removing them lowers perplexity a lot.
+The threshold is fitted on clean questions the attacker owns: the
+``quantile`` of f over all clean words, so only that share of clean words would
+be dropped. Any scorer with ``text_nll(texts) -> (N,)`` works; the victim's own
+language model can serve (:meth:`HFVisionLanguageSurrogate.text_nll`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from ..data import VQADataset
+from ..registry import Config, check_range
+from .base import COUNTERMEASURES, Transform
+
+__all__ = ["TriggerFilter"]
+
+
+@COUNTERMEASURES.register("trigger_filter")
+class TriggerFilter(Transform):
+    """Drop question words whose removal lowers the LM's log-perplexity by more than a fitted threshold.
+
+    Use: ``TriggerFilter(quantile=0.99).fit(scorer, clean_questions)(dataset)``.
+    ``threshold`` (if > 0) fixes the threshold instead of fitting it.
+    """
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config(Config):
+        quantile: float = 0.99
+        threshold: float = 0.0
+        max_removed: int = 8
+
+        def __post_init__(self) -> None:
+            check_range("quantile", self.quantile, 0.0, 1.0)
+            check_range("threshold", self.threshold, 0.0, 1e6)
+            check_range("max_removed", self.max_removed, 0, 1 << 20)
+
+    def __init__(self, **config) -> None:
+        super().__init__(**config)
+        self.scorer = None
+        self.fitted_threshold: Optional[float] = self.config.threshold or None
+
+    def suspicion(self, question: str) -> List[float]:
+        """f(w) for every whitespace-separated word of ``question`` (log-perplexity drop)."""
+        words = question.split()
+        if len(words) < 2:
+            return [0.0] * len(words)
+        variants = [question] + [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))]
+        nll = self.scorer.text_nll(variants).numpy()
+        return (nll[0] - nll[1:]).tolist()
+
+    def fit(self, scorer, clean_questions: Sequence[str]) -> "TriggerFilter":
+        """Set the LM scorer and fit the threshold on the attacker's clean questions."""
+        self.scorer = scorer
+        if not self.config.threshold:
+            scores = [f for q in clean_questions for f in self.suspicion(q)]
+            if not scores:
+                raise ValueError("trigger_filter: need clean questions with at least two words to fit")
+            self.fitted_threshold = float(np.quantile(scores, self.config.quantile))
+        return self
+
+    def filter(self, question: str) -> str:
+        """The question with its suspicious words removed (at most ``max_removed``)."""
+        if self.scorer is None or self.fitted_threshold is None:
+            raise RuntimeError("trigger_filter: call fit(scorer, clean_questions) first")
+        words = question.split()
+        scores = self.suspicion(question)
+        ranked = sorted((i for i, f in enumerate(scores) if f > self.fitted_threshold), key=lambda i: -scores[i])
+        drop = set(ranked[:self.config.max_removed])
+        kept = [w for i, w in enumerate(words) if i not in drop]
+        return " ".join(kept) if kept else question
+
+    def transform_question(self, question: str) -> str:
+        return self.filter(question)
+
+    def __call__(self, dataset: VQADataset) -> VQADataset:
+        if self.scorer is None:
+            raise RuntimeError("trigger_filter: call fit(scorer, clean_questions) first")
+        return super().__call__(dataset)
