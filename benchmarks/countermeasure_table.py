@@ -96,6 +96,24 @@ def main() -> None:
             rows.append({"training data": train_name, "countermeasure": label, "clean_test_accuracy": acc,
                          "seconds": time.perf_counter() - t0})
             print(rows[-1], flush=True)
+    # Fine-tuning recipes as an attack axis, including a victim pretrained on a disjoint task
+    # (parity of the attacker's own clean digit images) before LoRA on the released data.
+    parity = {s.id: s for s in load_digits_vqa(image_size=32, seed=args.seed, task="parity")[0]}
+    parity_set = attacker_clean.replace_samples([parity[s.id] for s in attacker_clean], "attacker-parity")
+    recipes = [("projector-only", {"mode": "projector"}, False), ("LoRA r=16", {"mode": "lora", "lora_rank": 16,
+               "lora_alpha": 32, "lr": 5e-3}, False), ("pretrained (parity) + LoRA r=16",
+               {"mode": "lora", "lora_rank": 16, "lora_alpha": 32, "lr": 5e-3}, True)]
+    for train_name, train_set in (("clean", owner), ("emn (class-wise)", protected)):
+        for label, ft_config, pretrain in recipes:
+            t0 = time.perf_counter()
+            victim = load_surrogate(models["victim"])
+            if pretrain:
+                FineTune(epochs=args.epochs, seed=args.seed)(victim, parity_set)
+            FineTune(epochs=args.epochs, seed=args.seed, **ft_config)(victim, train_set)
+            acc, _ = evaluate_answers(victim, test)
+            rows.append({"training data": train_name, "countermeasure": f"recipe: {label}",
+                         "clean_test_accuracy": acc, "seconds": time.perf_counter() - t0})
+            print(rows[-1], flush=True)
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

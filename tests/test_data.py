@@ -119,3 +119,13 @@ def test_digits_dataset_deterministic_and_real():
     other, _ = load_digits_vqa(image_size=32, seed=1)
     assert [x.id for x in other] != [x.id for x in train]
     assert load_digits_vqa(image_size=48)[0][0].image.shape == (48, 48, 3)
+
+
+def test_digits_parity_task_same_split():
+    train, _ = load_digits_vqa(image_size=32, seed=0)
+    parity, _ = load_digits_vqa(image_size=32, seed=0, task="parity")
+    assert [s.id for s in parity] == [s.id for s in train]
+    assert {s.answer for s in parity} == {"even", "odd"}
+    assert all((s.answer == "even") == (s.meta["label"] % 2 == 0) for s in parity)
+    with pytest.raises(ValueError, match="task"):
+        load_digits_vqa(task="colour")

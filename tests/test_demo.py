@@ -24,3 +24,24 @@ def test_demo_small_slice_end_to_end(tmp_path, capsys):
     assert len(release) == int(rows[0]["train_samples"])
     meta = json.loads((out / "results.json").read_text())
     assert meta["versions"]["transformers"]
+
+
+def test_countermeasures_never_see_the_test_split(tmp_path, monkeypatch):
+    from toolkit.attacks.base import Transform
+    from toolkit.demo import run_demo
+
+    seen = []
+    original = Transform.__call__
+
+    def spy(self, dataset):
+        seen.append((dataset.name, {s.id for s in dataset}))
+        return original(self, dataset)
+
+    monkeypatch.setattr(Transform, "__call__", spy)
+    rows = run_demo(tmp_path / "d", epochs=1, limit=60, progress=False, defenses=["clean"], write_releases=False)
+    from toolkit.digits import load_digits_vqa
+
+    _, test = load_digits_vqa(image_size=32, limit=60)
+    test_ids = {s.id for s in test}
+    assert seen and all(name.startswith("digits-train") and not ids & test_ids for name, ids in seen)
+    assert rows[0]["test_samples"] == len(test)

@@ -14,7 +14,7 @@ def _auroc(pos, neg):
 def test_lightshed_detects_and_removes_noise(digits_small):
     train, test = digits_small
     defense = DEFENSES.create("random_noise", eps=8 / 255, seed=0)
-    ls = COUNTERMEASURES.create("lightshed", epochs=15, width=16, seed=0)
+    ls = COUNTERMEASURES.create("lightshed", epochs=150, width=16, seed=0)
     with pytest.raises(RuntimeError, match="fit"):
         ls(train)
     ls.fit(defense, train)  # the attacker's own clean images

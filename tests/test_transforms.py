@@ -37,11 +37,9 @@ def test_table_covers_registry():
     assert set(STRENGTHS) | TRAINING_SIDE | FITTED == set(COUNTERMEASURES.names())
 
 
-@pytest.mark.parametrize("name", sorted(STRENGTHS))
+@pytest.mark.parametrize("name", sorted(n for n, (zero, _) in STRENGTHS.items() if zero is not None))
 def test_identity_at_zero_strength(name, noisy):
     zero, _ = STRENGTHS[name]
-    if zero is None:
-        pytest.skip(f"{name} has no zero strength")
     out = COUNTERMEASURES.create(name, **zero)(noisy)
     assert all(np.array_equal(a.image, b.image) and a.question == b.question for a, b in zip(out, noisy))
 

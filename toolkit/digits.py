@@ -14,14 +14,19 @@ import numpy as np
 
 from .data import VQADataset, VQASample
 
-__all__ = ["DIGIT_WORDS", "DIGITS_QUESTION", "load_digits_vqa"]
+__all__ = ["DIGIT_WORDS", "DIGITS_QUESTION", "TASKS", "load_digits_vqa"]
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGITS_QUESTION = "What digit is this?"
+#: question and answer function of each task on the digit images
+TASKS = {
+    "digit": (DIGITS_QUESTION, lambda d: DIGIT_WORDS[d]),
+    "parity": ("Is the number in the image even or odd?", lambda d: "even" if d % 2 == 0 else "odd"),
+}
 
 
 def load_digits_vqa(image_size: int = 32, test_fraction: float = 1 / 3, seed: int = 0,
-                    limit: int = 0) -> Tuple[VQADataset, VQADataset]:
+                    limit: int = 0, task: str = "digit") -> Tuple[VQADataset, VQADataset]:
     """Return ``(train, test)`` digits VQA datasets.
 
     Args:
@@ -29,11 +34,16 @@ def load_digits_vqa(image_size: int = 32, test_fraction: float = 1 / 3, seed: in
         test_fraction: share of each digit class held out for the clean test split.
         seed: seed of the split permutation.
         limit: if > 0, keep at most this many samples in total (stratified), for quick runs.
+        task: ``"digit"`` (name the digit) or ``"parity"`` (even/odd; a related but disjoint
+            task, e.g. to pretrain a victim before it meets the protected data).
     """
     from sklearn.datasets import load_digits
 
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8, got {image_size}")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+    question, answer_of = TASKS[task]
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     bunch = load_digits()
@@ -55,7 +65,7 @@ def load_digits_vqa(image_size: int = 32, test_fraction: float = 1 / 3, seed: in
         for i in sorted(indices):
             big = np.asarray(Image.fromarray(images[i]).resize((image_size, image_size), Image.NEAREST))
             rgb = np.repeat(big[..., None], 3, axis=-1)
-            samples.append(VQASample(f"digits-{i:04d}", rgb, DIGITS_QUESTION, DIGIT_WORDS[labels[i]],
+            samples.append(VQASample(f"digits-{i:04d}", rgb, question, answer_of(int(labels[i])),
                                      meta={"label": int(labels[i]), "split": split}))
         return VQADataset(samples, f"digits-{split}")
 

@@ -113,7 +113,7 @@ class LightShed(Transform):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
             self.history.append(total / len(shapes))
         self.estimator.eval()
         return self

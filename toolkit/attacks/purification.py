@@ -151,7 +151,7 @@ def train_purifier(clean: Sequence[VQASample], out: Union[str, os.PathLike], *, 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        bar.set_postfix(loss=f"{float(loss):.4f}")
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
     out = Path(out)
     unet.eval().save_pretrained(out / "unet")
     scheduler.save_pretrained(out / "scheduler")

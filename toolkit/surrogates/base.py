@@ -124,37 +124,29 @@ class Surrogate(ABC):
                 f"lacks; it has {sorted(self.capabilities)}")
 
     @contextlib.contextmanager
-    def frozen(self) -> Iterator["Surrogate"]:
-        """Eval mode with every parameter ``requires_grad=False`` (input gradients only); restored after."""
-        params = list(self.model.parameters())
-        flags = [p.requires_grad for p in params]
-        was_training = self.model.training
-        for p in params:
-            p.requires_grad_(False)
-        self.model.eval()
-        try:
-            yield self
-        finally:
-            for p, flag in zip(params, flags):
-                p.requires_grad_(flag)
-            self.model.train(was_training)
-
-    @contextlib.contextmanager
-    def training(self, params: Sequence[torch.nn.Parameter]) -> Iterator["Surrogate"]:
-        """Train mode with only ``params`` requiring gradients; restored after."""
+    def _grad_mode(self, train: bool, params: Sequence[torch.nn.Parameter]) -> Iterator["Surrogate"]:
+        """Set train/eval mode and make exactly ``params`` require gradients; restore both after."""
         all_params = list(self.model.parameters())
         flags = [p.requires_grad for p in all_params]
         was_training = self.model.training
         ids = {id(p) for p in params}
         for p in all_params:
             p.requires_grad_(id(p) in ids)
-        self.model.train()
+        self.model.train(train)
         try:
             yield self
         finally:
             for p, flag in zip(all_params, flags):
                 p.requires_grad_(flag)
             self.model.train(was_training)
+
+    def frozen(self):
+        """Eval mode with every parameter ``requires_grad=False`` (input gradients only); restored after."""
+        return self._grad_mode(False, ())
+
+    def training(self, params: Sequence[torch.nn.Parameter]):
+        """Train mode with only ``params`` requiring gradients; restored after."""
+        return self._grad_mode(True, params)
 
     def to_device(self, pixels: torch.Tensor) -> torch.Tensor:
         """Move pixels to the surrogate's device (keeps float32 for the processor)."""
