@@ -20,3 +20,4 @@ def batch():
     train, _ = load_digits_vqa(image_size=32, seed=0)
     samples = list(train[:64])
     return images_to_tensor([s.image for s in samples]), samples
+
