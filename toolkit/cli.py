@@ -52,7 +52,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_protect(args: argparse.Namespace) -> int:
     from .defenses import DEFENSES
     from .data import load_dataset
-    from .release import write_release
+    from .release import check_release_target, write_release
     from .surrogates import load_surrogate
 
     config = parse_config(args.set)
@@ -61,10 +61,8 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     if args.seed is not None:
         config["seed"] = args.seed
     defense = DEFENSES.create(args.defense, **config)  # validates name and config before any loading
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise SystemExit(f"error: {out} is not empty; pass --overwrite to replace it")
     dataset = load_dataset(args.data)
+    out = check_release_target(args.out, dataset, args.overwrite)  # before the expensive part
     surrogates = [load_surrogate(p, device=args.device, dtype=args.dtype) for p in args.surrogate or []]
     protection = defense.protect(dataset, surrogates, progress=not args.quiet)
     path = write_release(protection, out, overwrite=args.overwrite)
@@ -78,7 +76,7 @@ def _cmd_train_purifier(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise SystemExit(f"error: {out} is not empty; pass --overwrite to replace it")
+        raise ValueError(f"{out} is not empty; pass --overwrite to replace it")
     clean = load_dataset(args.data)
     path = train_purifier(clean, out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           timesteps=args.timesteps, channels=args.channels, seed=args.seed,

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Union
 
 from .data import DataError, VQADataset, load_jsonl
 
-__all__ = ["write_release", "read_release", "package_versions", "sha256_file", "ReleaseError"]
+__all__ = ["write_release", "read_release", "check_release_target", "package_versions", "sha256_file", "ReleaseError"]
 
 PathLike = Union[str, os.PathLike]
 _PACKAGES = ("torch", "torchvision", "transformers", "peft", "timm", "open_clip_torch", "numpy", "Pillow",
@@ -51,16 +51,22 @@ def sha256_file(path: PathLike) -> str:
     return h.hexdigest()
 
 
-def _check_target(out: Path, dataset: VQADataset, overwrite: bool) -> None:
-    roots = [r for r in {dataset.root} if r is not None]
-    for root in roots:
-        if out == root or root in out.parents or out in root.parents:
-            raise ReleaseError(f"refusing to write the release into or over the source data folder {root}")
+def check_release_target(out: PathLike, dataset: VQADataset, overwrite: bool = False) -> Path:
+    """Raise :class:`ReleaseError` if ``out`` may not receive a release of ``dataset``; returns it resolved.
+
+    Refused: the source data folder, a folder inside it or above it, and a
+    non-empty folder unless ``overwrite``. Call it before expensive work.
+    """
+    out = Path(out).resolve()
+    root = dataset.root
+    if root is not None and (out == root or root in out.parents or out in root.parents):
+        raise ReleaseError(f"refusing to write the release into or over the source data folder {root}")
     if out.exists():
         if not out.is_dir():
             raise ReleaseError(f"{out} exists and is not a folder")
         if any(out.iterdir()) and not overwrite:
             raise ReleaseError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace it")
+    return out
 
 
 def write_release(protection, out: PathLike, overwrite: bool = False,
@@ -72,8 +78,7 @@ def write_release(protection, out: PathLike, overwrite: bool = False,
     """
     from PIL import Image
 
-    out = Path(out).resolve()
-    _check_target(out, protection.source, overwrite)
+    out = check_release_target(out, protection.source, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

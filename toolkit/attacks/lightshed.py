@@ -28,10 +28,11 @@ __all__ = ["LightShed", "PerturbationEstimator", "ssim_torch"]
 def ssim_torch(a: torch.Tensor, b: torch.Tensor, data_range: float, window: int = 7) -> torch.Tensor:
     """Differentiable mean SSIM of two (N, C, H, W) batches with a uniform window (same constants as skimage)."""
     pad = window // 2
-    mu_a = F.avg_pool2d(F.pad(a, [pad] * 4, mode="reflect"), window, stride=1)
-    mu_b = F.avg_pool2d(F.pad(b, [pad] * 4, mode="reflect"), window, stride=1)
-    def pooled(t):
+
+    def pooled(t: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(F.pad(t, [pad] * 4, mode="reflect"), window, stride=1)
+
+    mu_a, mu_b = pooled(a), pooled(b)
     var_a = pooled(a * a) - mu_a ** 2
     var_b = pooled(b * b) - mu_b ** 2
     cov = pooled(a * b) - mu_a * mu_b
