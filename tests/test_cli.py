@@ -64,3 +64,20 @@ def test_protect_refuses_to_overwrite_source(user_data, capsys):
 def test_parse_number():
     assert parse_number("8/255") == pytest.approx(8 / 255)
     assert parse_number("0.5") == 0.5
+
+
+def test_train_purifier_cli(tmp_path, digits_small, capsys):
+    pytest.importorskip("diffusers")
+    root = tmp_path / "clean"
+    root.mkdir()
+    lines = []
+    for i, s in enumerate(digits_small[1][:8]):
+        Image.fromarray(s.image).save(root / f"{i}.png")
+        lines.append(json.dumps({"id": s.id, "image": f"{i}.png", "question": s.question, "answer": s.answer}))
+    (root / "clean.jsonl").write_text("\n".join(lines))
+    out = tmp_path / "purifier"
+    rc = main(["train-purifier", "--data", str(root / "clean.jsonl"), "--out", str(out), "--epochs", "1",
+               "--channels", "8", "--timesteps", "20", "--quiet"])
+    assert rc == 0 and (out / "unet").is_dir() and (out / "scheduler").is_dir()
+    assert main(["train-purifier", "--data", str(root / "clean.jsonl"), "--out", str(out), "--quiet"]) == 2
+    assert "not empty" in capsys.readouterr().err
