@@ -35,3 +35,12 @@ def test_ssim_torch_matches_identity_and_orders():
     a = torch.rand(2, 3, 16, 16)
     assert float(ssim_torch(a, a, 1.0)) == pytest.approx(1.0, abs=1e-5)
     assert float(ssim_torch(a, a + 0.01 * torch.randn_like(a), 1.0)) > float(ssim_torch(a, torch.rand_like(a), 1.0))
+
+
+def test_fit_over_several_defense_runs(digits_small):
+    train, _ = digits_small
+    ls = COUNTERMEASURES.create("lightshed", epochs=2, width=8, seed=0)
+    ls.fit(DEFENSES.create("random_noise", seed=0), train[:10], runs=3)
+    assert len(ls.history) == 2
+    with pytest.raises(ValueError, match="runs"):
+        ls.fit(DEFENSES.create("random_noise"), train[:10], runs=0)

@@ -88,10 +88,22 @@ class LightShed(Transform):
         self.estimator: Optional[PerturbationEstimator] = None
         self.history: list = []
 
-    def fit(self, defense, clean: VQADataset, surrogates: Sequence = ()) -> "LightShed":
-        """Protect the attacker's ``clean`` images with the public ``defense`` and train the estimator."""
-        protection = defense.protect(clean, list(surrogates))
-        return self.fit_pairs(clean, protection.dataset, eps=defense.config.eps)
+    def fit(self, defense, clean: VQADataset, surrogates: Sequence = (), runs: int = 1) -> "LightShed":
+        """Protect the attacker's ``clean`` images with the public ``defense`` and train the estimator.
+
+        ``runs`` > 1 protects them that many times with consecutive seeds (the
+        defense's class with its config, seed + k), so the estimator sees several
+        draws of the protection instead of memorising one.
+        """
+        if runs < 1:
+            raise ValueError(f"runs must be >= 1, got {runs}")
+        pairs_clean, pairs_protected = [], []
+        for k in range(runs):
+            run = defense if k == 0 else type(defense)(**{**defense.config.to_dict(), "seed": defense.config.seed + k})
+            protected = run.protect(clean, list(surrogates)).dataset
+            pairs_clean += [s.with_(id=f"{s.id}#{k}") for s in clean]
+            pairs_protected += [s.with_(id=f"{s.id}#{k}") for s in protected]
+        return self.fit_pairs(pairs_clean, pairs_protected, eps=defense.config.eps)
 
     def fit_pairs(self, clean: Sequence[VQASample], protected: Sequence[VQASample], eps: float) -> "LightShed":
         """Train on aligned (clean, protected) samples; ``eps`` bounds the estimator's output."""
