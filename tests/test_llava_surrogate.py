@@ -1,9 +1,7 @@
-import numpy as np
 import pytest
 import torch
 
 from toolkit.data import images_to_tensor
-from toolkit.metrics import evaluate_answers
 from toolkit.surrogates import CapabilityError, LoraSettings, load_surrogate
 
 
@@ -69,7 +67,9 @@ def test_lora_trains_and_detaches_leaving_base_unchanged(llava, digits_small):
     base = {k: v.clone() for k, v in llava.model.state_dict().items()}
     llava.attach_lora(LoraSettings(rank=4, alpha=8))
     params = llava.trainable_parameters("lora")
-    assert params and all("lora_" in n for n, p in llava.model.named_parameters() if p in set(params)) or params
+    ids = {id(p) for p in params}
+    names = [n for n, p in llava.model.named_parameters() if id(p) in ids]
+    assert params and len(names) == len(params) and all("lora_" in n for n in names)
     opt = torch.optim.AdamW(params, lr=1e-2)
     with llava.training(params):
         first = llava.loss(x, samples).mean()

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from toolkit import DEFENSES, read_release, write_release
-from toolkit.data import VQADataset, load_jsonl
+from toolkit.data import VQADataset
 from toolkit.release import ReleaseError, sha256_file
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 

@@ -8,7 +8,7 @@ is a :class:`Chain` applying them left to right.
 from __future__ import annotations
 
 from abc import ABC
-from typing import Any, ClassVar, Dict, Optional, Sequence
+from typing import Any, ClassVar, Dict, Sequence
 
 import numpy as np
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 

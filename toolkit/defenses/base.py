@@ -12,18 +12,17 @@ subclass can exceed it.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from ..data import DataError, VQADataset, VQASample
+from ..data import VQADataset
 from ..registry import Config, Registry, check_range, make_config
 from ..surrogates.base import Surrogate
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 import string
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 from ..data import VQASample, images_to_tensor
 from .base import METRICS, Metric

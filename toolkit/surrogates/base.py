@@ -14,7 +14,7 @@ import contextlib
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Dict, FrozenSet, Iterator, List, Sequence, Tuple, Union
 
 import torch
 
