@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny LLaVA saved once per session, small digits splits."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ from toolkit.digits import load_digits_vqa
 from toolkit.surrogates import load_surrogate
 from toolkit.surrogates.tiny import build_tiny_llava
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("MMGUARD_TEST_THREADS", "2")))
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,13 @@ from ..data import VQASample
 
 __all__ = ["Surrogate", "CAPABILITIES", "resolve_dtype", "resolve_device", "CapabilityError"]
 
-#: Capability names a surrogate may declare.
-CAPABILITIES = frozenset({"image_grad", "token_grad", "attentions", "trainable", "generate", "lora"})
+#: Capability names a surrogate may declare:
+#: ``image_grad`` (loss differentiable in the pixels), ``text`` (the question enters the loss),
+#: ``token_grad`` (input-embedding gradients, for trigger search), ``attentions`` (language-model
+#: attention weights), ``image_attention`` (text tokens reach image tokens by self-attention; Mllama's
+#: cross-attention does not), ``trainable``, ``generate`` (free-form answers), ``lora`` (peft adapters).
+CAPABILITIES = frozenset({"image_grad", "text", "token_grad", "attentions", "image_attention", "trainable",
+                          "generate", "lora"})
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}

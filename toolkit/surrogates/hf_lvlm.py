@@ -8,11 +8,12 @@ only supplies its differentiable image processor and image-token count.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from ..data import VQASample
 from .base import Surrogate
 
-__all__ = ["HFVisionLanguageSurrogate", "TokenBatch", "LoraSettings"]
+__all__ = ["HFVisionLanguageSurrogate", "TokenBatch", "LoraSettings", "ForwardResult"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class TokenBatch:
         labels: answer (+ end-of-sequence) ids at their positions, -100 elsewhere.
         image_mask: True at image-token positions.
         answer_mask: True at answer-text positions (end-of-sequence excluded).
+        trigger_mask: True at tokens overlapping a marked span of the question (an inserted trigger).
+        extras: family-specific model inputs derived from the tokens (e.g. ``mm_token_type_ids``).
     """
 
     input_ids: torch.Tensor
@@ -42,11 +45,36 @@ class TokenBatch:
     labels: torch.Tensor
     image_mask: torch.Tensor
     answer_mask: torch.Tensor
+    trigger_mask: Optional[torch.Tensor] = None
+    extras: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to(self, device: torch.device) -> "TokenBatch":
         """Move every tensor to ``device``."""
-        return TokenBatch(*(getattr(self, f).to(device) for f in
-                            ("input_ids", "attention_mask", "labels", "image_mask", "answer_mask")))
+        moved = [getattr(self, f).to(device) for f in ("input_ids", "attention_mask", "labels", "image_mask",
+                                                       "answer_mask")]
+        trig = self.trigger_mask.to(device) if self.trigger_mask is not None else None
+        return TokenBatch(*moved, trig, {k: v.to(device) for k, v in self.extras.items()})
+
+
+@dataclass
+class ForwardResult:
+    """What :meth:`HFVisionLanguageSurrogate.run` returns.
+
+    Attributes:
+        loss: per-sample mean answer NLL (N,), differentiable.
+        correct: teacher-forced exact match (N,) bool.
+        attentions: attention probabilities of the first K language-model layers,
+            each (N, heads, L, L) (query, key); empty unless requested.
+        embeddings: the input embeddings (N, L, D) as a leaf whose ``.grad`` is
+            filled by a backward pass (HotFlip); None unless requested.
+        batch: the token batch used.
+    """
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    attentions: Tuple[torch.Tensor, ...]
+    embeddings: Optional[torch.Tensor]
+    batch: "TokenBatch"
 
 
 @dataclass(frozen=True)
@@ -75,7 +103,8 @@ class LoraSettings:
 class HFVisionLanguageSurrogate(Surrogate):
     """Base of transformers LVLM surrogates (loaded with ``from_pretrained`` from a local folder)."""
 
-    capabilities = frozenset({"image_grad", "token_grad", "attentions", "trainable", "generate", "lora"})
+    capabilities = frozenset({"image_grad", "text", "token_grad", "attentions", "image_attention", "trainable",
+                              "generate", "lora"})
     #: regex of the language-model projections LoRA adapts by default.
     lora_target = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
     #: substring naming the multimodal projector's parameters.
@@ -96,7 +125,7 @@ class HFVisionLanguageSurrogate(Surrogate):
         cls = getattr(transformers, self.model_class)
         model = cls.from_pretrained(self.path, local_files_only=True, dtype=self.dtype)
         self._lora_active = False
-        self._encode_cache: Dict[Tuple[str, str], Tuple[Tuple[int, ...], Tuple[int, ...]]] = {}
+        self._encode_cache: Dict[tuple, tuple] = {}
         self._setup(model)
         return model
 
@@ -119,8 +148,34 @@ class HFVisionLanguageSurrogate(Surrogate):
         raise NotImplementedError
 
     def num_image_tokens(self, height: int, width: int) -> int:
-        """How many placeholder tokens one image of this raw size expands to."""
+        """How many image tokens one raw image of this size becomes in the sequence."""
         raise NotImplementedError
+
+    def image_token_regions(self, height: int, width: int) -> torch.Tensor:
+        """Raw-image region each image token sees, in sequence order: float (T, 4) rows
+        (y0, x0, y1, x1), half-open, in raw pixel units; T = :meth:`num_image_tokens`."""
+        raise NotImplementedError
+
+    def expand_prompt(self, prompt: str, height: int, width: int) -> str:
+        """Replace the single image placeholder by the family's full image-token text.
+
+        Default: ``image_token`` repeated :meth:`num_image_tokens` times (LLaVA style).
+        Must give the same ids as the real processor (checked by the contract tests).
+        """
+        token = self.processor.image_token
+        return prompt.replace(token, token * self.num_image_tokens(height, width), 1)
+
+    def batch_extras(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Family-specific model inputs derived from the tokens (default: none)."""
+        return {}
+
+    def reference_inputs(self, images: Sequence[Any]) -> Dict[str, torch.Tensor]:
+        """The real processor's image inputs for uint8 (H, W, 3) images (for equivalence checks)."""
+        return dict(self.processor.image_processor(images=list(images), return_tensors="pt"))
+
+    def reference_input_ids(self, prompt: str, image: Any) -> torch.Tensor:
+        """The real processor's ``input_ids`` (1, L) for a prompt with one placeholder and one image."""
+        return self.processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"]
 
     @property
     def image_token_id(self) -> int:
@@ -134,34 +189,57 @@ class HFVisionLanguageSurrogate(Surrogate):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def _encode_text(self, question: str, answer: str, height: int, width: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-        key = (question, answer, height, width)
-        hit = self._encode_cache.get(key)  # type: ignore[arg-type]
+    def answer_text(self, answer: str) -> str:
+        """Text of the answer as appended after the prompt (a leading space by default)."""
+        return " " + answer.strip()
+
+    def _encode_text(self, question: str, answer: str, height: int, width: int,
+                     span: Optional[Tuple[int, int]] = None) -> Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]:
+        """(prompt ids, answer ids, prompt positions inside ``span`` of the question), cached."""
+        key = (question, answer, height, width, span)
+        hit = self._encode_cache.get(key)
         if hit is not None:
             return hit
-        image_token = self.processor.image_token
-        prompt = self.prompt_text(question).replace(
-            image_token, image_token * self.num_image_tokens(height, width))
-        prompt_ids = tuple(self.tokenizer(prompt)["input_ids"])
+        prompt = self.expand_prompt(self.prompt_text(question), height, width)
+        marked: Tuple[int, ...] = ()
+        if span is not None:
+            start, end = int(span[0]), int(span[1])
+            if not 0 <= start < end <= len(question):
+                raise ValueError(f"trigger span {span} outside the question (length {len(question)})")
+            offset = prompt.rfind(question)
+            if offset < 0:
+                raise ValueError("the chat template changed the question text; cannot locate the trigger span")
+            enc = self.tokenizer(prompt, return_offsets_mapping=True)
+            prompt_ids = tuple(enc["input_ids"])
+            lo, hi = offset + start, offset + end
+            marked = tuple(i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < hi and b > lo)
+        else:
+            prompt_ids = tuple(self.tokenizer(prompt)["input_ids"])
         answer_ids: Tuple[int, ...] = ()
         if answer:
-            answer_ids = tuple(self.tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"])
+            answer_ids = tuple(self.tokenizer(self.answer_text(answer), add_special_tokens=False)["input_ids"])
         if len(self._encode_cache) > 100_000:
             self._encode_cache.clear()
-        self._encode_cache[key] = (prompt_ids, answer_ids)  # type: ignore[index]
-        return prompt_ids, answer_ids
+        self._encode_cache[key] = (prompt_ids, answer_ids, marked)
+        return prompt_ids, answer_ids, marked
 
     def encode(self, questions: Sequence[str], answers: Optional[Sequence[str]], image_hw: Tuple[int, int],
-               padding_side: str = "right") -> TokenBatch:
-        """Tokenise a batch; with ``answers`` None, prompts only (for generation, left padding)."""
+               padding_side: str = "right",
+               trigger_spans: Optional[Sequence[Optional[Tuple[int, int]]]] = None) -> TokenBatch:
+        """Tokenise a batch; with ``answers`` None, prompts only (for generation, left padding).
+
+        ``trigger_spans[i]`` = (start, end) character span of question i to mark in
+        ``trigger_mask`` (e.g. an inserted trigger), or None.
+        """
         eos = self.tokenizer.eos_token_id
         rows = []
         for i, q in enumerate(questions):
-            p, a = self._encode_text(q, answers[i] if answers is not None else "", *image_hw)
+            span = trigger_spans[i] if trigger_spans is not None else None
+            p, a, marked = self._encode_text(q, answers[i] if answers is not None else "", *image_hw, span)
             ids = list(p) + (list(a) + [eos] if answers is not None else [])
             labels = [-100] * len(p) + (list(a) + [eos] if answers is not None else [])
             amask = [False] * len(p) + ([True] * len(a) + [False] if answers is not None else [])
-            rows.append((ids, labels, amask))
+            rows.append((ids, labels, amask, marked))
         length = max(len(r[0]) for r in rows)
         pad = self.tokenizer.pad_token_id
         n = len(rows)
@@ -169,20 +247,28 @@ class HFVisionLanguageSurrogate(Surrogate):
         attention = torch.zeros((n, length), dtype=torch.long)
         labels = torch.full((n, length), -100, dtype=torch.long)
         answer_mask = torch.zeros((n, length), dtype=torch.bool)
-        for i, (ids, lab, am) in enumerate(rows):
-            sl = slice(0, len(ids)) if padding_side == "right" else slice(length - len(ids), length)
+        trigger_mask = torch.zeros((n, length), dtype=torch.bool)
+        for i, (ids, lab, am, marked) in enumerate(rows):
+            shift = 0 if padding_side == "right" else length - len(ids)
+            sl = slice(shift, shift + len(ids))
             input_ids[i, sl] = torch.tensor(ids)
             attention[i, sl] = 1
             labels[i, sl] = torch.tensor(lab)
             answer_mask[i, sl] = torch.tensor(am)
+            if marked:
+                trigger_mask[i, torch.tensor(marked) + shift] = True
         image_mask = (input_ids == self.image_token_id) & attention.bool()
-        return TokenBatch(input_ids, attention, labels, image_mask, answer_mask).to(self.device)
+        batch = TokenBatch(input_ids, attention, labels, image_mask, answer_mask,
+                           trigger_mask if trigger_spans is not None else None,
+                           self.batch_extras(input_ids, attention))
+        return batch.to(self.device)
 
     # ----------------------------------------------------------------- loss / generation
     def forward(self, pixels: torch.Tensor, batch: TokenBatch, **kwargs: Any):
         """Run the model; extra kwargs (``output_attentions``, ``logits_to_keep``) pass through."""
         inputs = self.pixel_inputs(self.to_device(pixels))
-        return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **inputs, **kwargs)
+        return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **batch.extras,
+                          **inputs, **kwargs)
 
     def loss_and_correct(self, pixels: torch.Tensor, samples: Sequence[VQASample]) -> Tuple[torch.Tensor, torch.Tensor]:
         batch = self.encode([s.question for s in samples], [s.answer for s in samples], tuple(pixels.shape[-2:]))
@@ -190,16 +276,88 @@ class HFVisionLanguageSurrogate(Surrogate):
 
     def loss_from_batch(self, pixels: torch.Tensor, batch: TokenBatch) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-sample mean answer-token NLL (N,) and teacher-forced exact match (N,) bool."""
+        result = self.run(pixels, batch)
+        return result.loss, result.correct
+
+    def run(self, pixels: torch.Tensor, batch: TokenBatch, *, attention_layers: int = 0,
+            embedding_grad: bool = False) -> ForwardResult:
+        """One forward pass with optional attentions and input-embedding capture.
+
+        Args:
+            pixels: (N, 3, H, W) in [0, 1] (gradients flow back to them).
+            batch: from :meth:`encode` with answers.
+            attention_layers: K > 0 returns the attention probabilities of the
+                first K language-model layers (eager attention is switched on for
+                this call only).
+            embedding_grad: capture the input embeddings as a leaf requiring grad
+                (``result.embeddings.grad`` after backward; gradient w.r.t. every
+                token's embedding, image positions included).
+        """
         targets = batch.labels[:, 1:]
         keep = (targets != -100).any(dim=0).nonzero().squeeze(1)  # positions whose next token is scored
-        out = self.forward(pixels, batch, logits_to_keep=keep)
+        captured: List[torch.Tensor] = []
+        with contextlib.ExitStack() as stack:
+            kwargs: Dict[str, Any] = {"logits_to_keep": keep}
+            if attention_layers:
+                self.require("attentions", who="attention_layers")
+                stack.enter_context(self._eager_attention())
+                kwargs["output_attentions"] = True
+            if embedding_grad:
+                stack.enter_context(self._capture_embeddings(captured))
+            out = self.forward(pixels, batch, **kwargs)
         logits = out.logits.float()  # (N, K, V)
         tgt = targets[:, keep]
         scored = tgt != -100
         nll = F.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=-100, reduction="none")
         loss = nll.sum(dim=1) / scored.sum(dim=1).clamp(min=1)
         correct = ((logits.argmax(-1) == tgt) | ~scored).all(dim=1)
-        return loss, correct
+        attentions: Tuple[torch.Tensor, ...] = ()
+        if attention_layers:
+            attentions = self.select_attentions(out)[:attention_layers]
+            if len(attentions) < attention_layers:
+                raise ValueError(f"{self.family}: asked for {attention_layers} attention layers, the language "
+                                 f"model has {len(attentions)}")
+        return ForwardResult(loss, correct, attentions, captured[0] if captured else None, batch)
+
+    def select_attentions(self, output: Any) -> Tuple[torch.Tensor, ...]:
+        """Language-model self-attention maps from a model output (family hook; default ``output.attentions``)."""
+        return tuple(a for a in (output.attentions or ()) if a is not None)
+
+    @contextlib.contextmanager
+    def _eager_attention(self) -> Iterator[None]:
+        """Switch the model to eager attention (weights are returned) and back."""
+        model = self.base_model()
+        old = model.config._attn_implementation
+        if old == "eager":
+            yield
+            return
+        model.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            model.set_attn_implementation(old)
+
+    @contextlib.contextmanager
+    def _capture_embeddings(self, store: List[torch.Tensor]) -> Iterator[None]:
+        """Replace the token-embedding output by a leaf requiring grad, appended to ``store``."""
+        def hook(module, args, output):
+            leaf = output.detach().requires_grad_(True)
+            store.append(leaf)
+            return leaf
+
+        handle = self.model.get_input_embeddings().register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def base_model(self) -> torch.nn.Module:
+        """The transformers model under any peft wrapper."""
+        return self.model.get_base_model() if self._lora_active else self.model
+
+    def embedding_matrix(self) -> torch.Tensor:
+        """Token-embedding weights (V, D) of the language model (for HotFlip scores)."""
+        return self.model.get_input_embeddings().weight
 
     @torch.no_grad()
     def answer(self, pixels: torch.Tensor, questions: Sequence[str], max_new_tokens: int = 8) -> List[str]:
@@ -209,7 +367,7 @@ class HFVisionLanguageSurrogate(Surrogate):
         self.model.eval()
         try:
             out = self.model.generate(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, **inputs,
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, **batch.extras, **inputs,
                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
         finally:

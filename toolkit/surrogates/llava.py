@@ -12,6 +12,7 @@ import torch
 
 from .hf_lvlm import HFVisionLanguageSurrogate
 from .image_processing import DifferentiableClipProcessor
+from .regions import grid_regions
 from .registry import SURROGATES
 
 __all__ = ["LlavaSurrogate"]
@@ -44,3 +45,11 @@ class LlavaSurrogate(HFVisionLanguageSurrogate):
         h, w = self.image_processor.output_size
         n = (h // self.patch_size) * (w // self.patch_size)
         return n + (1 if self.strategy == "full" else 0)
+
+    def image_token_regions(self, height: int, width: int) -> torch.Tensor:
+        h, w = self.image_processor.output_size
+        p = self.patch_size
+        boxes = grid_regions(h // p, w // p, (p, p), self.image_processor.pixel_geometry(height, width), height, width)
+        if self.strategy == "full":  # the CLS token summarises the whole image
+            boxes = torch.cat([torch.tensor([[0.0, 0.0, float(height), float(width)]]), boxes])
+        return boxes
