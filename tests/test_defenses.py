@@ -11,6 +11,11 @@ from toolkit.defenses import enforce_budget
 FAST = {
     "random_noise": {},
     "emn": {"rounds": 2, "train_steps": 2, "pgd_steps": 2, "batch_size": 8, "pgd_batch_size": 8, "eval_size": 8},
+    "tue": {"rounds": 2, "train_steps": 2, "pgd_steps": 2, "batch_size": 8, "pgd_batch_size": 8, "eval_size": 8},
+    "rem": {"rounds": 2, "train_steps": 2, "pgd_steps": 2, "batch_size": 8, "pgd_batch_size": 8, "eval_size": 8,
+            "adv_steps": 1},
+    "mem": {"rounds": 2, "train_steps": 2, "pgd_steps": 2, "batch_size": 8, "pgd_batch_size": 8, "eval_size": 8,
+            "max_trigger_tokens": 2, "trigger_candidates": 3, "trigger_rounds": 1},
 }
 
 

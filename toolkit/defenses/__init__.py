@@ -1,6 +1,11 @@
 """Defenses (data protections). Registry: ``DEFENSES``."""
 from .base import DEFENSES, Defense, DefenseConfig, Protection, enforce_budget
 from .emn import EMN
+from .mem import MEM
+from .minmin import MinMinConfig, MinMinDefense, Perturbation
 from .random_noise import RandomNoise
+from .rem import REM
+from .tue import TUE
 
-__all__ = ["DEFENSES", "Defense", "DefenseConfig", "Protection", "enforce_budget", "EMN", "RandomNoise"]
+__all__ = ["DEFENSES", "Defense", "DefenseConfig", "Protection", "enforce_budget", "EMN", "TUE", "REM", "MEM",
+           "RandomNoise", "MinMinDefense", "MinMinConfig", "Perturbation"]

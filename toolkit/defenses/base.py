@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -123,8 +124,16 @@ class Defense(ABC):
         self.config = make_config(self.Config, f"defense {getattr(self, 'name', type(self).__name__)!r}", config)
 
     def protect(self, dataset: VQADataset, surrogates: Union[Surrogate, Sequence[Surrogate], None] = None,
-                progress: bool = False) -> Protection:
-        """Protect ``dataset`` (not mutated) against ``surrogates``; budget enforced after rounding."""
+                progress: bool = False, checkpoint: Union[str, os.PathLike, None] = None) -> Protection:
+        """Protect ``dataset`` (not mutated) against ``surrogates``; budgets enforced after rounding.
+
+        Args:
+            dataset: the clean samples.
+            surrogates: one surrogate, a list, or an :class:`~toolkit.surrogates.Ensemble`.
+            progress: show a progress bar.
+            checkpoint: file for per-round state (iterative defenses); an interrupted
+                run given the same file resumes where it stopped.
+        """
         if not isinstance(dataset, VQADataset):
             raise TypeError(f"dataset must be a VQADataset, got {type(dataset).__name__}")
         dataset.require_nonempty()
@@ -140,16 +149,45 @@ class Defense(ABC):
                 raise TypeError(f"surrogates must be Surrogate objects, got {type(s).__name__}")
             s.require(*self.requires, who=f"defense {self.name!r}")
         start = time.perf_counter()
-        proposals, info = self._protect(dataset, surrogates, progress)
+        self._checkpoint_path = checkpoint
+        try:
+            proposals, info = self._protect(dataset, surrogates, progress)
+        finally:
+            self._checkpoint_path = None
         seconds = time.perf_counter() - start
         if len(proposals) != len(dataset):
             raise RuntimeError(f"{self.name}: {len(proposals)} proposals for {len(dataset)} samples")
         protected = [s.with_(image=enforce_budget(s.image, p, self.config.eps))
                      for s, p in zip(dataset, proposals)]
+        if "triggers" in info:
+            protected = self._apply_triggers(dataset, protected, info.pop("questions"), info.pop("triggers"))
         return Protection(
             dataset=dataset.replace_samples(protected, f"{dataset.name}+{self.name}"), source=dataset,
             defense=self.name, config=self.config.to_dict(), surrogates=[s.describe() for s in surrogates],
             seconds=seconds, info=info)
+
+    _checkpoint_path: Union[str, os.PathLike, None] = None
+
+    def _apply_triggers(self, dataset, protected, questions, triggers):
+        """Check each released question is the original with at most ``max_trigger_tokens`` words inserted."""
+        from ..triggers import insert_trigger
+
+        limit = getattr(self.config, "max_trigger_tokens", None)
+        if limit is None:
+            raise RuntimeError(f"{self.name}: proposes triggers but its config has no max_trigger_tokens")
+        out = []
+        for src, prot, text, trig in zip(dataset, protected, questions, triggers):
+            words = list(trig["words"])
+            if len(words) > limit:
+                raise RuntimeError(f"{self.name}: trigger {words} longer than max_trigger_tokens={limit}")
+            expected, span, _ = insert_trigger(src.question, words, trig["position"])
+            if text != expected:
+                raise RuntimeError(f"{self.name}: released question {text!r} is not the original with the "
+                                   f"trigger inserted")
+            meta = dict(prot.meta)
+            meta["trigger"] = {"words": words, "position": trig["position"], "span": list(span) if span else None}
+            out.append(prot.with_(question=text, meta=meta))
+        return out
 
     @abstractmethod
     def _protect(self, dataset: VQADataset, surrogates: List[Surrogate],

@@ -274,6 +274,14 @@ class HFVisionLanguageSurrogate(Surrogate):
         batch = self.encode([s.question for s in samples], [s.answer for s in samples], tuple(pixels.shape[-2:]))
         return self.loss_from_batch(pixels, batch)
 
+    def forward_samples(self, pixels: torch.Tensor, samples: Sequence[VQASample],
+                        trigger_spans: Optional[Sequence[Optional[Tuple[int, int]]]] = None, *,
+                        attention_layers: int = 0, embedding_grad: bool = False) -> ForwardResult:
+        """Encode ``samples`` (marking ``trigger_spans`` of their questions) and :meth:`run` them."""
+        batch = self.encode([s.question for s in samples], [s.answer for s in samples], tuple(pixels.shape[-2:]),
+                            trigger_spans=trigger_spans)
+        return self.run(pixels, batch, attention_layers=attention_layers, embedding_grad=embedding_grad)
+
     def loss_from_batch(self, pixels: torch.Tensor, batch: TokenBatch) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-sample mean answer-token NLL (N,) and teacher-forced exact match (N,) bool."""
         result = self.run(pixels, batch)
@@ -354,6 +362,14 @@ class HFVisionLanguageSurrogate(Surrogate):
     def base_model(self) -> torch.nn.Module:
         """The transformers model under any peft wrapper."""
         return self.model.get_base_model() if self._lora_active else self.model
+
+    def trigger_vocabulary(self):
+        """Admissible trigger tokens of this tokenizer (:class:`toolkit.triggers.Vocabulary`, cached)."""
+        if getattr(self, "_trigger_vocab", None) is None:
+            from ..triggers import admissible_vocabulary
+
+            self._trigger_vocab = admissible_vocabulary(self.tokenizer)
+        return self._trigger_vocab
 
     def embedding_matrix(self) -> torch.Tensor:
         """Token-embedding weights (V, D) of the language model (for HotFlip scores)."""

@@ -1,0 +1,179 @@
+"""The min-min engine: resume, triggers, TUE's separability term, answer clusters, HotFlip."""
+import numpy as np
+import pytest
+import torch
+
+from toolkit import DEFENSES
+from toolkit.checkpoint import CheckpointMismatch
+from toolkit.defenses.minmin import MinMinDefense, Perturbation, answer_classes
+from toolkit.defenses.tue import class_separability
+from toolkit.engine import make_generator
+from toolkit.triggers import admissible_vocabulary, hotflip_scores, insert_trigger
+
+SMALL = {"rounds": 3, "train_steps": 2, "pgd_steps": 2, "batch_size": 8, "pgd_batch_size": 8, "eval_size": 8,
+         "stop_accuracy": 1.0, "stop_clean_accuracy": 0.0}
+EXTRA = {"emn": {}, "tue": {}, "rem": {"adv_steps": 1},
+         "mem": {"max_trigger_tokens": 2, "trigger_candidates": 3, "trigger_rounds": 2},
+         "emn_lora": {"train_mode": "lora", "lora_rank": 2}}
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.fixture()
+def data(digits_small):
+    return digits_small[0][:10]
+
+
+def _same(a, b):
+    return all(np.array_equal(x.image, y.image) and x.question == y.question for x, y in zip(a.dataset, b.dataset))
+
+
+@pytest.mark.parametrize("key", sorted(EXTRA))
+def test_resume_equals_uninterrupted(key, data, llava, tmp_path, monkeypatch):
+    name = key.split("_")[0]
+    make = lambda: DEFENSES.create(name, **{**SMALL, **EXTRA[key]})  # noqa: E731
+    full = make().protect(data, [llava])
+    original = MinMinDefense._score
+    calls = {"n": 0}
+
+    def crashing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Crash("simulated interruption in round 2")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MinMinDefense, "_score", crashing)
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(Crash):
+        make().protect(data, [llava], checkpoint=ckpt)
+    assert ckpt.is_file()
+    monkeypatch.setattr(MinMinDefense, "_score", original)
+    resumed = make().protect(data, [llava], checkpoint=ckpt)
+    assert resumed.info["rounds"] == full.info["rounds"] == 3
+    assert _same(full, resumed)
+    assert [h["loss"] for h in resumed.info["history"]] == pytest.approx([h["loss"] for h in full.info["history"]])
+    # a finished checkpoint is reused without recomputation; another config is refused
+    again = make().protect(data, [llava], checkpoint=ckpt)
+    assert _same(full, again)
+    with pytest.raises(CheckpointMismatch):
+        DEFENSES.create(name, **{**SMALL, **EXTRA[key], "seed": 5}).protect(data, [llava], checkpoint=ckpt)
+
+
+def test_interrupted_without_checkpoint_differs_from_nothing(data, llava):
+    """Guard against a resume test that passes trivially: other seeds give other noise."""
+    a = DEFENSES.create("emn", **SMALL).protect(data, [llava])
+    b = DEFENSES.create("emn", **{**SMALL, "seed": 3}).protect(data, [llava])
+    assert not _same(a, b)
+
+
+def test_mem_triggers_admissible_and_within_length(data, llava):
+    out = DEFENSES.create("mem", **{**SMALL, **EXTRA["mem"], "max_trigger_tokens": 3}).protect(data, [llava])
+    vocab = set(admissible_vocabulary(llava.tokenizer).words)
+    for src, prot in zip(data, out.dataset):
+        trig = prot.meta["trigger"]
+        assert 1 <= len(trig["words"]) <= 3
+        assert all(w in vocab and w.isascii() and w.isalpha() for w in trig["words"])
+        assert prot.question == insert_trigger(src.question, trig["words"], "start")[0]
+        assert prot.answer == src.answer
+        start, end = trig["span"]
+        assert prot.question[start:end] == " ".join(trig["words"])
+
+
+def test_trigger_pass_never_increases_the_loss(data, llava):
+    defense = DEFENSES.create("mem", **{**SMALL, **EXTRA["mem"], "max_trigger_tokens": 2, "trigger_candidates": 8})
+    gen = make_generator(0)
+    labels, c = answer_classes(list(data), 0, [llava], gen)
+    pert = Perturbation(list(data), labels, c, "sample", 8 / 255, "zeros", gen)
+    defense.setup(pert, [llava], gen)
+    before = [list(t) for t in pert.triggers]
+    with llava.frozen():
+        stats = defense.trigger_pass([llava], pert, torch.arange(len(data)), candidates=8, batch_size=16)
+    assert stats["loss_after"] <= stats["loss_before"] + 1e-6
+    assert stats["changed"] > 0 and pert.triggers != before
+    # verify on fresh forwards that the new triggers really lower the answer loss
+    with torch.no_grad():
+        px = pert.pixels(torch.arange(len(data)))
+        new = llava.loss(px, pert.batch_samples(torch.arange(len(data)))[0]).mean()
+        pert.triggers = before
+        old = llava.loss(px, pert.batch_samples(torch.arange(len(data)))[0]).mean()
+    assert new < old
+
+
+def test_insert_trigger_positions():
+    q = "What digit is shown?"
+    assert insert_trigger(q, ["zebra", "lamp"], "start")[0] == "zebra lamp What digit is shown?"
+    assert insert_trigger(q, ["zebra"], "end")[0] == "What digit is shown? zebra"
+    text, span, words = insert_trigger(q, ["zebra"], 2)
+    assert text == "What digit zebra is shown?" and text[span[0]:span[1]] == "zebra"
+    assert insert_trigger(q, [], "start") == (q, None, [])
+    with pytest.raises(ValueError, match="inadmissible"):
+        insert_trigger(q, ["ze3ra"], "start")
+    with pytest.raises(ValueError, match="position"):
+        insert_trigger(q, ["zebra"], "middle")
+
+
+def test_admissible_vocabulary_excludes_special_digits_punctuation(llava):
+    vocab = admissible_vocabulary(llava.tokenizer)
+    assert len(vocab) > 20
+    for tid, word in zip(vocab.ids.tolist(), vocab.words):
+        assert llava.tokenizer.decode([tid]) == " " + word and word.isalpha() and word.isascii()
+        assert tid not in llava.tokenizer.all_special_ids
+
+
+def test_hotflip_scores_first_order():
+    emb = torch.randn(6, 4)
+    from toolkit.triggers import Vocabulary
+    vocab = Vocabulary(torch.tensor([1, 3, 5]), ("a", "b", "c"))
+    grad, current = torch.randn(2, 4), emb[[0, 2]]
+    scores = hotflip_scores(grad, current, emb, vocab)
+    expected = torch.stack([(emb[[1, 3, 5]] - current[i]) @ grad[i] for i in range(2)])
+    assert torch.allclose(scores, expected, atol=1e-5)
+
+
+def test_class_separability_hand_computed():
+    d = torch.tensor([[0.0, 0.0], [2.0, 0.0], [10.0, 0.0], [10.0, 2.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    # mu0 = (1, 0), s0 = 1; mu1 = (10, 1), s1 = 1; ||mu0 - mu1|| = sqrt(82)
+    expected = (2 + 1e-5) / (82 ** 0.5 + 1e-5)
+    assert class_separability(d, labels).item() == pytest.approx(expected, rel=1e-5)
+    assert class_separability(d, torch.zeros(4, dtype=torch.long)).item() == 0.0
+
+
+def test_tue_makes_noise_more_separable_than_emn(data, llava):
+    cfg = {**SMALL, "rounds": 2, "pgd_steps": 5}
+    emn = DEFENSES.create("emn", **cfg).protect(data, [llava])
+    tue = DEFENSES.create("tue", **cfg, csd_weight=5.0).protect(data, [llava])
+    labels = torch.tensor([sorted({s.answer for s in data}).index(s.answer) for s in data])
+
+    def csd(p):
+        return class_separability(torch.tensor(np.stack(p.deltas())).flatten(1), labels).item()
+    assert csd(tue) < csd(emn)
+
+
+def test_answer_clusters(data, llava):
+    labels, c = answer_classes(list(data), 3, [llava], make_generator(0))
+    assert c == 3 and labels.max() < 3 and labels.min() >= 0
+    same = {}
+    for s, lab in zip(data, labels.tolist()):
+        assert same.setdefault(s.answer, lab) == lab  # one cluster per answer
+    out = DEFENSES.create("emn", **{**SMALL, "granularity": "class", "answer_clusters": 3}).protect(data, [llava])
+    deltas, eps = out.deltas(), 8 / 255
+    interior = [(s.image > 9) & (s.image < 246) for s in data]  # pixels where [0, 1] clipping cannot bite
+    for i in range(len(data)):
+        for j in range(i + 1, len(data)):
+            both = interior[i] & interior[j]
+            if labels[i] == labels[j] and both.any():  # one shared pattern per cluster (uint8 rounding aside)
+                assert np.abs(deltas[i] - deltas[j])[both].max() <= 1.01 / 255
+    assert max(np.abs(d).max() for d in deltas) <= eps + 1e-6
+
+
+def test_capability_error_names_missing(data, llava):
+    class Blind(type(llava)):
+        capabilities = frozenset({"image_grad", "trainable"})
+
+    blind = Blind.__new__(Blind)
+    blind.__dict__.update(llava.__dict__)
+    with pytest.raises(Exception, match="token_grad|text"):
+        DEFENSES.create("mem", **SMALL).protect(data, [blind])

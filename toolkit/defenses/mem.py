@@ -1,0 +1,96 @@
+"""MEM: multimodal unlearnable examples (Liu et al., ACM MM 2024).
+
+Against contrastive image-text training: every pair gets an image delta and a
+k-token text trigger, both error-minimising, so the model learns the
+noise <-> trigger pairing instead of image <-> caption. Each round trains the
+surrogate, updates the triggers by HotFlip (early rounds only; top
+``trigger_candidates`` per slot, exact verification) and runs PGD on the images
+while the captions are shuffled within the batch (so the image noise cannot
+lean on its own caption). The trigger is prepended to the question, which for a
+CLIP surrogate is the start of the caption ``"{question} {answer}"``.
+
+Against an LVLM surrogate the loss is the answer NLL and the image step keeps
+the pairs as they are (``shuffle_captions="auto"``): shuffling would ask the
+noise to predict another sample's answer, which is not error-minimisation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List
+
+import torch
+
+from ..registry import check_choice, check_range
+from ..triggers import check_trigger_position
+from .base import DEFENSES
+from .minmin import MinMinConfig, MinMinDefense, _flatten
+
+__all__ = ["MEM"]
+
+
+@DEFENSES.register("mem")
+class MEM(MinMinDefense):
+    """Image noise + per-sample inserted trigger (see the module docstring).
+
+    Extra config: ``max_trigger_tokens`` (k, 5), ``trigger_candidates`` (16),
+    ``trigger_rounds`` (triggers are updated in the first rounds only, 5),
+    ``trigger_fraction`` (share of samples searched per round, 1.0),
+    ``trigger_position`` ("start"), ``shuffle_captions`` ("auto" = only for CLIP
+    surrogates, "always", "never").
+    """
+
+    requires = ("image_grad", "trainable", "text", "token_grad")
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config(MinMinConfig):
+        max_trigger_tokens: int = 5
+        trigger_candidates: int = 16
+        trigger_rounds: int = 5
+        trigger_fraction: float = 1.0
+        trigger_position: Any = "start"
+        shuffle_captions: str = "auto"
+        pgd_steps: int = 8
+        step_size: float = 1 / 255
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            check_range("max_trigger_tokens", self.max_trigger_tokens, 1, 64)
+            check_range("trigger_candidates", self.trigger_candidates, 1, 1 << 16)
+            check_range("trigger_rounds", self.trigger_rounds, 0, 1 << 20)
+            check_range("trigger_fraction", self.trigger_fraction, 0, 1, low_open=True)
+            check_trigger_position(self.trigger_position)
+            check_choice("shuffle_captions", self.shuffle_captions, {"auto", "always", "never"})
+
+    def setup(self, pert, surrogates, gen):
+        """Start every sample with ``max_trigger_tokens`` random admissible words of the first surrogate."""
+        vocab = _flatten(surrogates)[0][0].trigger_vocabulary()
+        k = self.config.max_trigger_tokens
+        picks = torch.randint(0, len(vocab), (len(pert), k), generator=gen)
+        pert.triggers = [[vocab.words[j] for j in row] for row in picks.tolist()]
+        pert.position = self.config.trigger_position
+
+    def _shuffles(self, surrogates) -> bool:
+        mode = self.config.shuffle_captions
+        if mode != "auto":
+            return mode == "always"
+        return all(s.family == "open_clip" for s, _ in _flatten(surrogates))
+
+    def step_samples(self, samples: List, gen: torch.Generator) -> List:
+        if not self._shuffle or len(samples) < 2:
+            return samples
+        perm = torch.randperm(len(samples), generator=gen).tolist()
+        return [samples[i].with_(question=samples[j].question, answer=samples[j].answer)
+                for i, j in zip(range(len(samples)), perm)]
+
+    def image_step(self, surrogates, pert, gen):
+        self._shuffle = self._shuffles(surrogates)
+        super().image_step(surrogates, pert, gen)
+
+    def text_step(self, rnd, surrogates, pert, gen):
+        cfg = self.config
+        if rnd >= cfg.trigger_rounds:
+            return
+        n = len(pert)
+        idx = torch.randperm(n, generator=gen)[:max(1, int(round(cfg.trigger_fraction * n)))]
+        stats = self.trigger_pass(surrogates, pert, idx, cfg.trigger_candidates, batch_size=cfg.pgd_batch_size)
+        self._last_trigger_stats = stats
