@@ -17,6 +17,10 @@ FAST = {
     "mem": {"rounds": 2, "train_steps": 2, "pgd_steps": 2, "batch_size": 8, "pgd_batch_size": 8, "eval_size": 8,
             "max_trigger_tokens": 2, "trigger_candidates": 3, "trigger_rounds": 1},
 }
+for _variant in ("image", "text", "multimodal", "bph", "crs", "bph_max", "crs_max"):
+    FAST[f"mmguard_{_variant}"] = {"rounds": 2, "train_steps": 1, "pgd_steps": 2, "batch_size": 8,
+                                   "pgd_batch_size": 8, "eval_size": 8, "max_trigger_tokens": 2,
+                                   "trigger_candidates": 3}
 
 
 def test_every_registered_defense_has_fast_settings():
@@ -40,7 +44,8 @@ def test_budget_held_after_uint8_rounding(name, eps, data, llava):
     levels = int(np.floor(eps * 255 + 1e-6))
     changes = [np.abs(p.image.astype(int) - s.image.astype(int)).max() for p, s in zip(out.dataset, data)]
     assert max(changes) <= levels
-    assert max(changes) >= 1  # something was changed
+    text_changed = any(p.question != s.question for p, s in zip(out.dataset, data))
+    assert max(changes) >= 1 or (name == "mmguard_text" and text_changed)  # something was changed
     assert all(p.image.dtype == np.uint8 for p in out.dataset)
     assert [p.answer for p in out.dataset] == [s.answer for s in data]
 
@@ -62,8 +67,8 @@ def test_same_seed_same_result_other_seed_differs(name, data, llava):
     a = _protect(name, data, llava, seed=1)
     b = _protect(name, data, llava, seed=1)
     c = _protect(name, data, llava, seed=2)
-    assert all(np.array_equal(x.image, y.image) for x, y in zip(a.dataset, b.dataset))
-    assert any(not np.array_equal(x.image, y.image) for x, y in zip(a.dataset, c.dataset))
+    assert all(np.array_equal(x.image, y.image) and x.question == y.question for x, y in zip(a.dataset, b.dataset))
+    assert any(not np.array_equal(x.image, y.image) or x.question != y.question for x, y in zip(a.dataset, c.dataset))
 
 
 def test_enforce_budget_clips_a_cheating_proposal():

@@ -14,7 +14,10 @@ SMALL = {"rounds": 3, "train_steps": 2, "pgd_steps": 2, "batch_size": 8, "pgd_ba
          "stop_accuracy": 1.0, "stop_clean_accuracy": 0.0}
 EXTRA = {"emn": {}, "tue": {}, "rem": {"adv_steps": 1},
          "mem": {"max_trigger_tokens": 2, "trigger_candidates": 3, "trigger_rounds": 2},
-         "emn_lora": {"train_mode": "lora", "lora_rank": 2}}
+         "emn_lora": {"train_mode": "lora", "lora_rank": 2},
+         "mmguard_bph": {"max_trigger_tokens": 2, "trigger_candidates": 3, "train_steps": 1},
+         "mmguard_crs": {"max_trigger_tokens": 2, "trigger_candidates": 3, "train_steps": 1}}
+NAMES = {"emn_lora": "emn"}
 
 
 class Crash(RuntimeError):
@@ -32,7 +35,7 @@ def _same(a, b):
 
 @pytest.mark.parametrize("key", sorted(EXTRA))
 def test_resume_equals_uninterrupted(key, data, llava, tmp_path, monkeypatch):
-    name = key.split("_")[0]
+    name = NAMES.get(key, key)
     make = lambda: DEFENSES.create(name, **{**SMALL, **EXTRA[key]})  # noqa: E731
     full = make().protect(data, [llava])
     original = MinMinDefense._score

@@ -187,9 +187,14 @@ def adapted(surrogate, mode: str = "full", lora=None) -> Iterator[Adaptation]:
     and restore them on exit, so a defense never mutates the surrogate it was
     given. Yields an :class:`Adaptation` (``.params`` to optimise, ``.reset()``).
     """
+    models = [m.model for m in getattr(surrogate, "members", [surrogate])]
+    flags = [[p.requires_grad for p in m.parameters()] for m in models]  # peft changes them
     state = Adaptation(surrogate, mode, lora)
     state.start()
     try:
         yield state
     finally:
         state.stop()
+        for m, fl in zip([m.model for m in getattr(surrogate, "members", [surrogate])], flags):
+            for p, f in zip(m.parameters(), fl):
+                p.requires_grad_(f)

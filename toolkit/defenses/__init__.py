@@ -2,10 +2,11 @@
 from .base import DEFENSES, Defense, DefenseConfig, Protection, enforce_budget
 from .emn import EMN
 from .mem import MEM
+from .mmguard import MMGUARD_VARIANTS, MMGuard
 from .minmin import MinMinConfig, MinMinDefense, Perturbation
 from .random_noise import RandomNoise
 from .rem import REM
 from .tue import TUE
 
 __all__ = ["DEFENSES", "Defense", "DefenseConfig", "Protection", "enforce_budget", "EMN", "TUE", "REM", "MEM",
-           "RandomNoise", "MinMinDefense", "MinMinConfig", "Perturbation"]
+           "RandomNoise", "MMGuard", "MMGUARD_VARIANTS", "MinMinDefense", "MinMinConfig", "Perturbation"]

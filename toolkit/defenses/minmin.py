@@ -54,7 +54,7 @@ class MinMinConfig(DefenseConfig):
         pgd_steps: PGD steps per batch per round (P); step_size: PGD sign step.
         pgd_fraction: share of samples whose perturbation is updated each round.
         batch_size / pgd_batch_size: training / PGD batch sizes.
-        lr: surrogate learning rate (AdamW); train_mode: "full", "projector" or "lora"; lora_rank.
+        lr: surrogate learning rate (AdamW); train_mode: "full", "projector" or "lora"; lora_rank, lora_dropout.
         init: "zeros" or "uniform" (U(-eps, eps)) start of delta.
         stop_accuracy, stop_clean_accuracy, stop_loss, eval_size: stopping rule (see EMN).
         restart_every, restart_init: periodic surrogate restarts ("same" weights or "random" init).
@@ -72,6 +72,7 @@ class MinMinConfig(DefenseConfig):
     lr: float = 2e-3
     train_mode: str = "full"
     lora_rank: int = 8
+    lora_dropout: float = 0.0
     init: str = "zeros"
     stop_accuracy: float = 0.99
     stop_clean_accuracy: float = 0.5
@@ -95,6 +96,7 @@ class MinMinConfig(DefenseConfig):
         check_range("pgd_batch_size", self.pgd_batch_size, 1, 1 << 20)
         check_range("lr", self.lr, 0, 1, low_open=True)
         check_range("lora_rank", self.lora_rank, 1, 4096)
+        check_range("lora_dropout", self.lora_dropout, 0, 1, high_open=True)
         check_range("stop_accuracy", self.stop_accuracy, 0, 1)
         check_range("stop_clean_accuracy", self.stop_clean_accuracy, 0, 1)
         check_range("stop_loss", self.stop_loss, 0, 1e9)
@@ -247,8 +249,8 @@ class MinMinDefense(Defense):
         return sum(s.loss(pixels, samples) for s in surrogates) / len(surrogates)
 
     def objective(self, surrogates, x: torch.Tensor, d: torch.Tensor, samples: Sequence[VQASample],
-                  labels: torch.Tensor) -> torch.Tensor:
-        """Scalar the PGD step descends: sum of per-sample losses of (x + d) (B, 3, H, W)."""
+                  labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Scalar the PGD step descends: sum of per-sample losses of (x + d) (B, 3, H, W) for items ``idx``."""
         return self.sample_loss(surrogates, (x + d).clamp(0, 1), samples).sum()
 
     def train_pixels(self, surrogate, pixels: torch.Tensor, samples: Sequence[VQASample]) -> torch.Tensor:
@@ -275,11 +277,11 @@ class MinMinDefense(Defense):
             samples = self.step_samples(samples, gen)
             xb, labels = gather(pert.x, idx), pert.labels[idx]
             if pert.classwise:
-                pert.delta = pgd(lambda d: self.objective(surrogates, xb, d[labels], samples, labels), pert.delta,
+                pert.delta = pgd(lambda d: self.objective(surrogates, xb, d[labels], samples, labels, idx), pert.delta,
                                  step_size=cfg.step_size, steps=cfg.pgd_steps,
                                  project_fn=lambda d: d.clamp(-cfg.eps, cfg.eps))
             else:
-                new = pgd(lambda d: self.objective(surrogates, xb, d, samples, labels), gather(pert.delta, idx),
+                new = pgd(lambda d: self.objective(surrogates, xb, d, samples, labels, idx), gather(pert.delta, idx),
                           step_size=cfg.step_size, steps=cfg.pgd_steps, project_fn=lambda d: project(d, xb, cfg.eps))
                 for j, i in enumerate(idx.tolist()):
                     pert.delta[i] = new[j]
@@ -292,8 +294,9 @@ class MinMinDefense(Defense):
         scored against every admissible token of each surrogate (top ``candidates``
         words per surrogate). Verify: the exact loss of every candidate question
         (re-tokenised), batched; a slot changes only if the best candidate beats
-        the current word. ``loss_fn(surrogate, pixels, samples, spans, embedding_grad)``
-        returns (per-sample loss (N,), ForwardResult); default: the answer loss.
+        the current word. ``loss_fn(surrogate, pixels, samples, spans, embedding_grad, items)``
+        (spans = whole-trigger character spans, items = dataset indices) returns
+        (per-sample loss (N,), ForwardResult); default: the answer loss.
 
         Returns counts: slots changed and mean loss before / after.
         """
@@ -313,16 +316,19 @@ class MinMinDefense(Defense):
                     continue
                 sel = torch.tensor([idx.tolist().index(i) for i in rows])
                 px = pixels[sel]
-                samples = [pert.samples[i].with_(question=pert.question(i)[0]) for i in rows]
+                questions = [pert.question(i) for i in rows]
+                samples = [pert.samples[i].with_(question=q) for i, (q, _) in zip(rows, questions)]
+                full_spans = [span for _, span in questions]
                 word_spans = [insert_trigger(pert.samples[i].question, pert.triggers[i], pert.position)[2][slot]
                               for i in rows]
                 proposals: List[set] = [set() for _ in rows]
                 current_loss = torch.zeros(len(rows))
                 for (s, weight), vocab in zip(weighted, vocabs):
-                    loss, res = loss_fn(s, px, samples, word_spans, True)
+                    loss, res = loss_fn(s, px, samples, full_spans, True, rows)
                     (sign * loss.sum()).backward()
                     current_loss += weight * loss.detach().float().cpu()
-                    emb, grad, mask = res.embeddings.detach(), res.embeddings.grad, res.batch.trigger_mask
+                    emb, grad = res.embeddings.detach(), res.embeddings.grad
+                    mask = s.trigger_token_mask(tuple(px.shape[-2:]), samples, word_spans)
                     g = torch.stack([grad[r][mask[r]].mean(0) for r in range(len(rows))])
                     e = torch.stack([emb[r][mask[r]].mean(0) for r in range(len(rows))])
                     scores = hotflip_scores(g, e, s.embedding_matrix().detach(), vocab)
@@ -346,7 +352,8 @@ class MinMinDefense(Defense):
                             text, span = pert.question(i, words)
                             cand_samples.append(pert.samples[i].with_(question=text))
                             cand_spans.append(span)
-                        total = sum(w * loss_fn(s, cand_px, cand_samples, cand_spans, False)[0].float().cpu()
+                        items = [i for _, i, _ in chunk]
+                        total = sum(w * loss_fn(s, cand_px, cand_samples, cand_spans, False, items)[0].float().cpu()
                                     for s, w in weighted)
                         for (r, i, words), value in zip(chunk, (sign * total).tolist()):
                             if value < best[r][0] - 1e-7:
@@ -372,7 +379,7 @@ class MinMinDefense(Defense):
         ckpt = RunCheckpoint(self._checkpoint_path,
                              fingerprint({"defense": self.name, **cfg.to_dict()}, dataset, surrogates))
         n = len(pert)
-        lora = LoraSettings(rank=cfg.lora_rank, alpha=2 * cfg.lora_rank)
+        lora = LoraSettings(rank=cfg.lora_rank, alpha=2 * cfg.lora_rank, dropout=cfg.lora_dropout)
         history: List[Dict[str, float]] = []
         converged, start_round = False, 0
         with contextlib.ExitStack() as stack:
@@ -466,7 +473,7 @@ def _flatten(surrogates) -> List[Tuple[Any, float]]:
     return out
 
 
-def _answer_loss(surrogate, pixels, samples, spans, embedding_grad):
+def _answer_loss(surrogate, pixels, samples, spans, embedding_grad, items=None):
     """The per-sample answer loss and the forward result (embeddings captured when asked)."""
     res = surrogate.forward_samples(pixels, samples, spans, embedding_grad=embedding_grad)
     return res.loss, res

@@ -53,7 +53,7 @@ class REM(MinMinDefense):
                    torch.zeros_like(px), step_size=cfg.adv_step_size or rho / 2, steps=cfg.adv_steps,
                    project_fn=lambda a: ((px + a).clamp(0, 1) - px).clamp(-rho, rho), descend=False)
 
-    def objective(self, surrogates, x, d, samples, labels):
+    def objective(self, surrogates, x, d, samples, labels, idx):
         protected = (x + d).clamp(0, 1)
         a = self._adversarial(surrogates, protected, samples)
         return self.sample_loss(surrogates, (protected + a).clamp(0, 1), samples).sum()

@@ -66,7 +66,7 @@ class TUE(MinMinDefense):
             check_range("task_weight", self.task_weight, 0, 1e6)
             check_range("csd_weight", self.csd_weight, 0, 1e6)
 
-    def objective(self, surrogates, x, d, samples, labels):
+    def objective(self, surrogates, x, d, samples, labels, idx):
         cfg = self.config
         task = self.sample_loss(surrogates, (x + d).clamp(0, 1), samples).sum()
         return cfg.task_weight * task + cfg.csd_weight * len(samples) * class_separability(d, labels.to(d.device))

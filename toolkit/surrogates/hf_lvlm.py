@@ -363,6 +363,13 @@ class HFVisionLanguageSurrogate(Surrogate):
         """The transformers model under any peft wrapper."""
         return self.model.get_base_model() if self._lora_active else self.model
 
+    def trigger_token_mask(self, image_hw: Tuple[int, int], samples: Sequence[VQASample],
+                           spans: Sequence[Optional[Tuple[int, int]]]) -> torch.Tensor:
+        """(N, L) mask of the tokens overlapping ``spans`` of the questions, aligned with :meth:`encode`."""
+        batch = self.encode([s.question for s in samples], [s.answer for s in samples], image_hw,
+                            trigger_spans=spans)
+        return batch.trigger_mask
+
     def trigger_vocabulary(self):
         """Admissible trigger tokens of this tokenizer (:class:`toolkit.triggers.Vocabulary`, cached)."""
         if getattr(self, "_trigger_vocab", None) is None:

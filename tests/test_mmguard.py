@@ -1,0 +1,168 @@
+"""MMGuard: attention-mass maths, binding losses moving attention, CRS sign, triggers, release."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from toolkit import DEFENSES
+from toolkit.attention import align_to_protected, attention_rows, mass_loss, tv_distance
+from toolkit.defenses.minmin import Perturbation, answer_classes
+from toolkit.defenses.mmguard import MMGUARD_VARIANTS, MMGuard
+from toolkit.engine import make_generator
+from toolkit.metrics import mechanism_metrics
+from toolkit.release import write_release
+from toolkit.triggers import admissible_vocabulary
+
+
+def test_every_variant_registered():
+    assert {f"mmguard_{v}" for v in MMGUARD_VARIANTS} <= set(DEFENSES.names())
+    assert len(MMGUARD_VARIANTS) == 7
+
+
+def test_l_mass_hand_computed():
+    att = torch.zeros(1, 2, 3, 3)
+    att[0, 0, 2] = torch.tensor([0.5, 0.25, 0.25])
+    att[0, 1, 2] = torch.tensor([0.5, 0.25, 0.25])
+    layer2 = torch.zeros(1, 1, 3, 3)
+    layer2[0, 0, 2] = torch.tensor([0.1, 0.1, 0.8])
+    source = torch.tensor([[False, False, True]])
+    target = torch.tensor([[True, True, False]])
+    # layer 1: KL(U_{0,1} || [.5,.25,.25]) = .5 log(.5/.5) + .5 log(.5/.25) = .5 log 2
+    # layer 2: .5 log(.5/.1) * 2 = log 5
+    expected = (0.5 * math.log(2) + math.log(5)) / 2
+    assert mass_loss([att, layer2], source, target).item() == pytest.approx(expected, rel=1e-5)
+    # uniform attention over R gives 0
+    uni = torch.zeros(1, 1, 3, 3)
+    uni[0, 0, 2] = torch.tensor([0.5, 0.5, 0.0])
+    assert mass_loss([uni], source, target).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_attention_rows_average_heads_and_sources():
+    att = torch.rand(2, 3, 4, 4).softmax(-1)
+    source = torch.tensor([[True, False, True, False], [False, False, False, True]])
+    rows = attention_rows(att, source)
+    assert torch.allclose(rows[0], att[0].mean(0)[[0, 2]].mean(0), atol=1e-6)
+    assert torch.allclose(rows[1], att[1].mean(0)[3], atol=1e-6)
+    assert torch.allclose(rows.sum(1), torch.ones(2), atol=1e-5)
+
+
+def test_align_zero_pads_trigger_positions():
+    clean = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+    c_ids = torch.tensor([[1, 2, 3, 4]])
+    p_ids = torch.tensor([[1, 9, 9, 2, 3, 4, 0]])  # trigger at 1-2, one pad
+    valid_c = torch.ones(1, 4, dtype=torch.bool)
+    valid_p = torch.tensor([[True] * 6 + [False]])
+    trig = torch.tensor([[False, True, True, False, False, False, False]])
+    out = align_to_protected(clean, c_ids, valid_c, p_ids, valid_p, trig)
+    assert torch.allclose(out, torch.tensor([[0.1, 0.0, 0.0, 0.2, 0.3, 0.4, 0.0]]))
+    # a token re-tokenised next to the trigger (2 -> 7) still maps in order
+    p_ids2 = torch.tensor([[1, 9, 9, 7, 3, 4, 0]])
+    out2 = align_to_protected(clean, c_ids, valid_c, p_ids2, valid_p, trig)
+    assert torch.allclose(out2, out)
+
+
+def _setup(name, data, surrogate, **cfg):
+    defense = DEFENSES.create(name, **{"max_trigger_tokens": 2, "pgd_batch_size": 16, **cfg})
+    gen = make_generator(0)
+    labels, c = answer_classes(list(data), 0, [surrogate], gen)
+    pert = Perturbation(list(data), labels, c, "sample", defense.config.eps, defense.config.init, gen)
+    defense.setup(pert, [surrogate], gen)
+    return defense, pert, gen
+
+
+def _released(pert):
+    out = []
+    for i, s in enumerate(pert.samples):
+        img = (pert.pixels(torch.tensor([i]))[0].permute(1, 2, 0) * 255).round().byte().numpy()
+        text, span = pert.question(i)
+        meta = {"trigger": {"span": list(span)}} if span else {}
+        out.append(s.with_(image=img, question=text, meta=meta))
+    return out
+
+
+def test_bph_moves_attention_mass_toward_targets(digits_small, llava):
+    data = list(digits_small[0][:8])
+    defense, pert, gen = _setup("mmguard_bph", data, llava, lambda_train=0.0, pgd_steps=10, tau_delta=0.25)
+    with llava.frozen():
+        before = mechanism_metrics(llava, data, _released(pert), tau_delta=0.25)
+        defense.image_step([llava], pert, gen)  # the image step moves answer and trigger mass to Omega_delta
+        mid = mechanism_metrics(llava, data, _released(pert), tau_delta=0.25)
+        defense.trigger_pass([llava], pert, torch.arange(len(data)), 16, loss_fn=defense._loss_fn, batch_size=16)
+        after = mechanism_metrics(llava, data, _released(pert), tau_delta=0.25)  # the trigger pass: to Omega_gamma
+    assert mid["mass_answer_to_perturbation"][0] > before["mass_answer_to_perturbation"][0]
+    assert mid["mass_trigger_to_perturbation"][0] > before["mass_trigger_to_perturbation"][0]
+    assert after["mass_answer_to_trigger"][0] > mid["mass_answer_to_trigger"][0] + 0.01
+    assert after["eta"] < mid["eta"]
+    assert after["bound_holds"] == 1.0
+
+
+class _FlippedCRS(MMGuard):
+    variant = "crs"
+
+    def joint_loss(self, *args, **kwargs):
+        loss, res = super().joint_loss(*args, **kwargs)
+        return -loss, res  # minimise +KL: pull protected routing back to the clean one
+
+
+def test_crs_increases_tv_and_flipped_sign_decreases_it(digits_small, llava):
+    data = list(digits_small[0][:8])
+    cfg = {"lambda_train": 0.0, "pgd_steps": 10, "pgd_batch_size": 16}
+    crs, flipped = DEFENSES.create("mmguard_crs", **cfg), _FlippedCRS(**cfg)
+    gen = make_generator(0)
+    labels, c = answer_classes(data, 0, [llava], gen)
+    pert = Perturbation(data, labels, c, "sample", crs.config.eps, "zeros", gen)
+    with llava.frozen():
+        start = mechanism_metrics(llava, data, _released(pert))["tv"]
+        crs.image_step([llava], pert, gen)
+        pushed = mechanism_metrics(llava, data, _released(pert))["tv"]
+        flipped.image_step([llava], pert, gen)
+        pulled = mechanism_metrics(llava, data, _released(pert))["tv"]
+    assert start == pytest.approx(0.0, abs=1e-6)  # no delta, no trigger: same routing
+    assert pushed > 1e-4
+    assert pulled < pushed
+
+
+def test_max_variant_flips_the_training_term(digits_small, llava):
+    data = list(digits_small[0][:4])
+    plain, pert, _ = _setup("mmguard_bph", data, llava, lambda_bind=0.0)
+    flipped, _, _ = _setup("mmguard_bph_max", data, llava, lambda_bind=0.0)
+    idx = torch.arange(len(data))
+    samples, spans = pert.batch_samples(idx)
+    with torch.no_grad():
+        a, _ = plain.joint_loss(llava, pert.pixels(idx), samples, spans, pert.deltas(idx), None, None)
+        b, _ = flipped.joint_loss(llava, pert.pixels(idx), samples, spans, pert.deltas(idx), None, None)
+    assert torch.allclose(a, -b) and (a > 0).all()
+
+
+def test_release_records_triggers_and_keeps_answers(digits_small, llava, tmp_path):
+    data = digits_small[0][:6]
+    out = DEFENSES.create("mmguard_crs", rounds=1, pgd_steps=1, max_trigger_tokens=3, trigger_candidates=4,
+                          pgd_batch_size=8, batch_size=8, eval_size=6).protect(data, [llava])
+    vocab = set(admissible_vocabulary(llava.tokenizer).words)
+    for src, prot in zip(data, out.dataset):
+        words = prot.meta["trigger"]["words"]
+        assert 1 <= len(words) <= 3 and set(words) <= vocab
+        assert prot.answer == src.answer and src.question in prot.question
+    folder = write_release(out, tmp_path / "release")
+    rows = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
+    assert all(r["trigger"]["position"] == "start" and r["trigger"]["words"] for r in rows)
+
+
+def test_bph_needs_image_attention(digits_small, llava):
+    class NoImageAttention(type(llava)):
+        capabilities = type(llava).capabilities - {"image_attention"}
+
+    blind = NoImageAttention.__new__(NoImageAttention)
+    blind.__dict__.update(llava.__dict__)
+    with pytest.raises(Exception, match="image_attention"):
+        DEFENSES.create("mmguard_bph", rounds=1).protect(digits_small[0][:4], [blind])
+
+
+def test_text_variant_leaves_images_untouched(digits_small, llava):
+    data = digits_small[0][:4]
+    out = DEFENSES.create("mmguard_text", rounds=1, max_trigger_tokens=2, trigger_candidates=3, pgd_batch_size=8,
+                          batch_size=8, eval_size=4).protect(data, [llava])
+    assert all(np.array_equal(p.image, s.image) for p, s in zip(out.dataset, data))
+    assert all(p.question != s.question for p, s in zip(out.dataset, data))

@@ -1,0 +1,234 @@
+"""MMGuard (Zhao et al., 2026, "To See is Not to Learn"): image perturbation + inserted text
+trigger + cross-modal binding disruption.
+
+Releases (x + delta, Insert(t, gamma), y): an L_inf-bounded image perturbation
+(eps_x, default 8/255) and a per-sample trigger gamma of at most eps_t words
+(default 5), each one admissible token, inserted (never replacing) into the
+question; the answer is unchanged. Both minimise, against one or more adapted
+surrogates, l_joint = s * lambda_train * l_train + lambda_bind * l_bind
+(s = +1, or -1 for the "-Max" variants), where l_train is the answer NLL and
+l_bind is one of
+
+- Bridge Path Hijack (BPH): b1 * l_mass(Omega_gamma, Omega_delta)
+  + b2 * l_mass(Omega_y, Omega_gamma) + b3 * l_mass(Omega_y, Omega_delta):
+  answer tokens route their attention through the trigger and the
+  perturbation tokens, and the trigger attends to the perturbation;
+- Contrastive Routing Shift (CRS): -mean_k KL(sg(A_k^clean(Omega_y)) || A_k^prot(Omega_y)):
+  protected answer attention is pushed away from the clean routing; the clean
+  pass runs the same adapted surrogate on (x, t) with no delta and no trigger,
+  its attention zero-padded at the trigger positions.
+
+Omega_delta = the top ceil(tau_delta * T) image tokens by mean |delta| over the
+pixel region each token sees; Omega_gamma = trigger tokens; Omega_y = answer
+tokens; l_mass averages KL(U_R || A_k(S)) over the first ``attention_layers``
+language-model layers (see :mod:`toolkit.attention`).
+
+Schedule (paper defaults): R rounds; each round every surrogate gets a fresh
+LoRA (rank 8, dropout 0.1, lr 1e-4) trained Q = 1 step on the current
+protected data and discarded after the round (``restart_every=1``), then P = 8
+PGD steps on delta (step 1/255) and one HotFlip screen-and-verify pass on the
+triggers. A from-scratch surrogate (the tiny digits setting) is better served
+by the EMN-style settings (``train_mode="full"``, more train steps, restarts
+from random inits): every knob of :class:`~toolkit.defenses.minmin.MinMinConfig` applies.
+
+Variants (registered names): ``mmguard_image`` (delta only, l_train),
+``mmguard_text`` (trigger only), ``mmguard_multimodal`` (both, no binding),
+``mmguard_bph``, ``mmguard_crs``, ``mmguard_bph_max``, ``mmguard_crs_max``.
+Threat model: white-box on the surrogates; gray/black-box transfer through
+ensembles of other sizes / families.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..attention import align_to_protected, attention_rows, kl_divergence, mass_loss, perturbation_token_mask
+from ..engine import gather
+from ..registry import check_range
+from ..surrogates.regions import region_means
+from ..triggers import check_trigger_position
+from .base import DEFENSES
+from .minmin import MinMinConfig, MinMinDefense, _flatten
+
+__all__ = ["MMGuard", "MMGUARD_VARIANTS", "binding_loss_terms"]
+
+#: variant -> (uses image delta, uses trigger, binding loss, sign of the training term)
+MMGUARD_VARIANTS = {
+    "image": (True, False, None, 1.0),
+    "text": (False, True, None, 1.0),
+    "multimodal": (True, True, None, 1.0),
+    "bph": (True, True, "bph", 1.0),
+    "crs": (True, True, "crs", 1.0),
+    "bph_max": (True, True, "bph", -1.0),
+    "crs_max": (True, True, "crs", -1.0),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class MMGuardConfig(MinMinConfig):
+    """MMGuard settings (paper defaults; see the module docstring).
+
+    Attributes:
+        max_trigger_tokens: eps_t (5). trigger_candidates: HotFlip top-K per slot (64).
+        trigger_position: "start" (ours), "end" or a word index.
+        tau_delta: share of image tokens that are perturbation tokens (0.1, ours).
+        attention_layers: |K|, first LM layers whose attention enters l_mass (1).
+        lambda_train (1.0), lambda_bind (2.0), bph_weights (b1, b2, b3) = (1, 1, 1).
+        trigger_every: trigger pass every k rounds (1).
+    """
+
+    max_trigger_tokens: int = 5
+    trigger_candidates: int = 64
+    trigger_position: Any = "start"
+    trigger_every: int = 1
+    tau_delta: float = 0.1
+    attention_layers: int = 1
+    lambda_train: float = 1.0
+    lambda_bind: float = 2.0
+    bph_weights: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+    rounds: int = 3
+    train_steps: int = 1
+    pgd_steps: int = 8
+    step_size: float = 1 / 255
+    train_mode: str = "lora"
+    lora_rank: int = 8
+    lora_dropout: float = 0.1
+    lr: float = 1e-4
+    restart_every: int = 1
+    init: str = "uniform"
+    stop_accuracy: float = 1.0
+    stop_clean_accuracy: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("max_trigger_tokens", self.max_trigger_tokens, 1, 64)
+        check_range("trigger_candidates", self.trigger_candidates, 1, 1 << 16)
+        check_trigger_position(self.trigger_position)
+        check_range("trigger_every", self.trigger_every, 1, 1 << 20)
+        check_range("tau_delta", self.tau_delta, 0, 1, low_open=True)
+        check_range("attention_layers", self.attention_layers, 1, 1024)
+        check_range("lambda_train", self.lambda_train, 0, 1e6)
+        check_range("lambda_bind", self.lambda_bind, 0, 1e6)
+        if len(tuple(self.bph_weights)) != 3:
+            raise ValueError(f"bph_weights must be three numbers (b1, b2, b3), got {self.bph_weights!r}")
+        for b in self.bph_weights:
+            check_range("bph_weights entry", b, 0, 1e6)
+
+
+def binding_loss_terms(attentions, answer: torch.Tensor, trigger: torch.Tensor, perturbation: torch.Tensor,
+                       weights: Sequence[float] = (1.0, 1.0, 1.0)) -> torch.Tensor:
+    """BPH loss per sample (N,): b1 l_mass(gamma, delta) + b2 l_mass(y, gamma) + b3 l_mass(y, delta)."""
+    b1, b2, b3 = weights
+    return (b1 * mass_loss(attentions, trigger, perturbation) + b2 * mass_loss(attentions, answer, trigger)
+            + b3 * mass_loss(attentions, answer, perturbation))
+
+
+class MMGuard(MinMinDefense):
+    """MMGuard with a fixed ``variant`` (one registered subclass per variant; see the module docstring)."""
+
+    Config = MMGuardConfig
+    variant: ClassVar[str] = "crs"
+    requires = ("image_grad", "trainable", "text", "token_grad", "attentions")
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__(**config)
+        uses_delta, uses_trigger, self.binding, self.train_sign = MMGUARD_VARIANTS[self.variant]
+        self.uses_delta, self.uses_trigger = uses_delta, uses_trigger
+        if not uses_delta and self.config.pgd_steps:
+            self.config = type(self.config)(**{**self.config.to_dict(), "pgd_steps": 0, "init": "zeros"})
+        if self.binding == "bph":
+            self.requires = self.requires + ("image_attention",)
+
+    # ------------------------------------------------------------------ state
+    def setup(self, pert, surrogates, gen):
+        """Random admissible start triggers (trigger variants); no trigger otherwise."""
+        if not self.uses_trigger:
+            return
+        vocab = _flatten(surrogates)[0][0].trigger_vocabulary()
+        k = self.config.max_trigger_tokens
+        picks = torch.randint(0, len(vocab), (len(pert), k), generator=gen)
+        pert.triggers = [[vocab.words[j] for j in row] for row in picks.tolist()]
+        pert.position = self.config.trigger_position
+        self._pert = pert
+
+    def image_step(self, surrogates, pert, gen):
+        self._pert = pert
+        super().image_step(surrogates, pert, gen)
+
+    def text_step(self, rnd, surrogates, pert, gen):
+        if not self.uses_trigger or rnd % self.config.trigger_every:
+            return
+        self._pert = pert
+        self._last_trigger_stats = self.trigger_pass(
+            surrogates, pert, torch.arange(len(pert)), self.config.trigger_candidates, loss_fn=self._loss_fn,
+            batch_size=self.config.pgd_batch_size)
+
+    # ------------------------------------------------------------------ loss
+    def joint_loss(self, surrogate, pixels: torch.Tensor, samples, spans, deltas: torch.Tensor,
+                   clean_pixels: Optional[torch.Tensor], clean_samples: Optional[List], embedding_grad: bool = False):
+        """Per-sample l_joint (N,) on one surrogate, and the protected forward result.
+
+        Args:
+            pixels: protected images (N, 3, H, W); deltas: their perturbations (for Omega_delta).
+            samples / spans: questions with triggers inserted and the trigger character spans.
+            clean_pixels / clean_samples: the clean inputs (CRS only).
+        """
+        cfg = self.config
+        k = cfg.attention_layers if self.binding else 0
+        res = surrogate.forward_samples(pixels, samples, spans, attention_layers=k, embedding_grad=embedding_grad)
+        loss = self.train_sign * cfg.lambda_train * res.loss
+        if self.binding is None or not cfg.lambda_bind:
+            return loss, res
+        batch = res.batch
+        trigger = batch.trigger_mask if batch.trigger_mask is not None else torch.zeros_like(batch.answer_mask)
+        if self.binding == "bph":
+            h, w = pixels.shape[-2:]
+            regions = surrogate.image_token_regions(h, w)
+            scores = region_means(deltas.detach().abs().mean(1).to(regions.device), regions)
+            omega_delta = perturbation_token_mask(batch.image_mask, scores.to(batch.image_mask.device), cfg.tau_delta)
+            bind = binding_loss_terms(res.attentions, batch.answer_mask, trigger, omega_delta, cfg.bph_weights)
+        else:
+            with torch.no_grad():
+                clean = surrogate.forward_samples(clean_pixels, clean_samples, None, attention_layers=k)
+            bind = 0.0
+            for a_clean, a_prot in zip(clean.attentions, res.attentions):
+                p_clean = attention_rows(a_clean, clean.batch.answer_mask)
+                p_clean = align_to_protected(p_clean, clean.batch.input_ids, clean.batch.attention_mask.bool(),
+                                             batch.input_ids, batch.attention_mask.bool(), trigger)
+                bind = bind - kl_divergence(p_clean, attention_rows(a_prot, batch.answer_mask))
+            bind = bind / len(res.attentions)
+        return loss + cfg.lambda_bind * bind, res
+
+    def _loss_fn(self, surrogate, pixels, samples, spans, embedding_grad, items):
+        """Trigger-pass loss: l_joint for dataset items ``items``."""
+        pert = self._pert
+        idx = torch.tensor(list(items))
+        return self.joint_loss(surrogate, pixels, samples, spans, pert.deltas(idx), gather(pert.x, idx),
+                               [pert.samples[i] for i in idx.tolist()], embedding_grad)
+
+    def objective(self, surrogates, x, d, samples, labels, idx):
+        pert = self._pert
+        _, spans = pert.batch_samples(idx)
+        clean = [pert.samples[i] for i in idx.tolist()]
+        pixels = (x + d).clamp(0, 1)
+        total = 0.0
+        for s, w in _flatten(surrogates):
+            loss, _ = self.joint_loss(s, pixels, samples, spans, d, x, clean)
+            total = total + w * loss.sum()
+        return total
+
+    def sample_loss(self, surrogates, pixels, samples):
+        """Training-side loss of the surrogate: the answer NLL (the attacker's objective)."""
+        return super().sample_loss(surrogates, pixels, samples)
+
+
+def _register(variant: str) -> type:
+    cls = type(f"MMGuard_{variant}", (MMGuard,), {"variant": variant, "__doc__":
+               f"MMGuard, variant {variant!r} (see :mod:`toolkit.defenses.mmguard`)."})
+    return DEFENSES.register(f"mmguard_{variant}")(cls)
+
+
+for _v in MMGUARD_VARIANTS:
+    _register(_v)
