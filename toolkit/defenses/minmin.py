@@ -195,8 +195,7 @@ def answer_classes(samples: Sequence[VQASample], clusters: int, surrogates, gen:
         tok = getattr(s, "tokenizer", None)
         if tok is not None and hasattr(s, "embedding_matrix"):
             emb = s.embedding_matrix().detach().float().cpu()
-            feats = torch.stack([emb[torch.tensor(tok(" " + a, add_special_tokens=False)["input_ids"])].mean(0)
-                                 for a in answers])
+            feats = torch.stack([emb[torch.tensor(_token_ids(tok, a))].mean(0) for a in answers])
             break
     if feats is None:
         assign = torch.arange(len(answers)) * clusters // len(answers)
@@ -209,6 +208,13 @@ def answer_classes(samples: Sequence[VQASample], clusters: int, surrogates, gen:
                     centers[c] = feats[assign == c].mean(0)
     index = {a: int(assign[i]) for i, a in enumerate(answers)}
     return torch.tensor([index[s.answer] for s in samples]), clusters
+
+
+def _token_ids(tokenizer, text: str) -> List[int]:
+    """Ids of ``text`` without special tokens, for Hugging Face and open_clip tokenizers."""
+    if hasattr(tokenizer, "convert_tokens_to_ids"):
+        return list(tokenizer(" " + text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer.encode(text))
 
 
 @contextlib.contextmanager
