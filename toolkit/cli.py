@@ -64,7 +64,12 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data)
     out = check_release_target(args.out, dataset, args.overwrite)  # before the expensive part
     surrogates = [load_surrogate(p, device=args.device, dtype=args.dtype) for p in args.surrogate or []]
-    protection = defense.protect(dataset, surrogates, progress=not args.quiet)
+    if args.weights is not None:
+        from .surrogates import Ensemble
+
+        weights = [parse_number(w) for w in args.weights.split(",")]
+        surrogates = [Ensemble(surrogates, weights)]
+    protection = defense.protect(dataset, surrogates, progress=not args.quiet, checkpoint=args.checkpoint)
     path = write_release(protection, out, overwrite=args.overwrite)
     print(f"protected {len(dataset)} samples with {args.defense} in {protection.seconds:.1f} s -> {path}")
     return 0
@@ -104,12 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     protect = sub.add_parser("protect", help="protect a LLaVA-JSON / JSONL dataset and write a release")
     protect.add_argument("--defense", required=True, help="registered defense name (e.g. emn, random_noise)")
-    protect.add_argument("--surrogate", action="append", help="local model folder (repeat for an ensemble)")
+    protect.add_argument("--surrogate", action="append",
+                         help="local model folder of any supported family (repeat for an ensemble)")
     protect.add_argument("--data", required=True, help="dataset file (.json LLaVA-style or .jsonl)")
     protect.add_argument("--out", required=True, help="release folder to create")
     protect.add_argument("--eps", type=parse_number, default=None, help="L_inf budget, e.g. 8/255")
     protect.add_argument("--seed", type=int, default=None)
     protect.add_argument("--set", action="append", metavar="KEY=VALUE", help="defense config entry (repeatable)")
+    protect.add_argument("--weights", default=None,
+                         help="comma-separated ensemble weights, one per --surrogate (default: uniform average)")
+    protect.add_argument("--checkpoint", default=None,
+                         help="file for per-round state; rerunning with it resumes an interrupted run")
     protect.add_argument("--device", default="cpu")
     protect.add_argument("--dtype", default="float32")
     protect.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
