@@ -39,13 +39,15 @@ def parse_config(items: Optional[List[str]]) -> Dict[str, Any]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import format_markdown, run_demo
+    from .demo import run_demo
+    from .reports import aggregate, format_markdown
 
     start = time.perf_counter()
     rows = run_demo(Path(args.out), epochs=args.epochs, seed=args.seed, limit=args.limit,
                     progress=not args.quiet, defenses=args.defenses)
-    print(format_markdown(rows))
-    print(f"\nwrote {Path(args.out) / 'results.csv'} and results.md; total {time.perf_counter() - start:.0f} s")
+    print(format_markdown(aggregate(rows)))
+    print(f"\nwrote {Path(args.out) / 'results.md'}, results.csv, rows.jsonl and the heatmap; "
+          f"total {time.perf_counter() - start:.0f} s")
     return 0
 
 
@@ -72,6 +74,25 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     protection = defense.protect(dataset, surrogates, progress=not args.quiet, checkpoint=args.checkpoint)
     path = write_release(protection, out, overwrite=args.overwrite)
     print(f"protected {len(dataset)} samples with {args.defense} in {protection.seconds:.1f} s -> {path}")
+    return 0
+
+
+def _cmd_matrix(args: argparse.Namespace) -> int:
+    from .matrix import run_matrix
+    from .reports import format_markdown, aggregate
+
+    rows = run_matrix(args.spec, args.out, progress=not args.quiet, device=args.device, dtype=args.dtype)
+    print(format_markdown(aggregate(rows)))
+    print(f"rows, tables and heatmaps in {args.out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .reports import aggregate, format_markdown, read_rows, write_reports
+
+    paths = write_reports(args.out)
+    print(format_markdown(aggregate(read_rows(args.out))))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
@@ -125,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     protect.add_argument("--quiet", action="store_true")
     protect.set_defaults(func=_cmd_protect)
+
+    matrix = sub.add_parser("matrix", help="run (or resume) a defense x countermeasure x victim matrix")
+    matrix.add_argument("spec", help="YAML spec file, or the name of a packaged spec (demo)")
+    matrix.add_argument("--out", required=True, help="run folder (cache, rows.jsonl, reports)")
+    matrix.add_argument("--device", default="cpu")
+    matrix.add_argument("--dtype", default="float32")
+    matrix.add_argument("--quiet", action="store_true")
+    matrix.set_defaults(func=_cmd_matrix)
+
+    report = sub.add_parser("report", help="re-render tables and heatmaps from a matrix run folder")
+    report.add_argument("out", help="the run folder given to `mmguard matrix --out`")
+    report.set_defaults(func=_cmd_report)
 
     purifier = sub.add_parser("train-purifier", help="train a small diffusion denoiser on the attacker's clean images")
     purifier.add_argument("--data", required=True, help="the attacker's own clean images (.json / .jsonl)")

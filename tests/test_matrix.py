@@ -1,0 +1,133 @@
+"""The matrix runner: cache hits, config changes, resume after a kill, error cells, threat models."""
+import json
+
+import pytest
+
+from toolkit.cli import main
+from toolkit.matrix import MatrixError, MatrixSpec, load_spec, run_matrix, threat_model
+from toolkit.reports import read_rows
+
+EMN = {"rounds": 1, "train_steps": 1, "pgd_steps": 1, "batch_size": 8, "pgd_batch_size": 8, "eval_size": 4}
+
+
+def _spec(quality=10):
+    return {
+        "name": "unit",
+        "data": {"source": "digits", "image_size": 32, "limit": 36},
+        "models": {"s": {"tiny": "llava", "seed": 0}, "v": {"tiny": "llava", "seed": 1},
+                   "t": {"tiny": "timm", "seed": 0}},
+        "defenses": [{"name": "random_noise"},
+                     {"label": "emn", "name": "emn", "surrogates": ["s"], "config": EMN},
+                     {"label": "mem-on-timm", "name": "mem", "surrogates": ["t"], "config": EMN}],
+        "countermeasures": [{"label": "jpeg", "name": "jpeg", "config": {"quality": quality}},
+                            {"label": "lightshed-unfitted", "name": "lightshed"}],
+        "victims": ["s", "v"],
+        "finetune": {"mode": "full", "epochs": 1, "batch_size": 16},
+        "seeds": [0],
+    }
+
+
+def _acc(rows):
+    return {(r["defense"], r["countermeasure"], r["victim"]): r.get("accuracy") for r in rows}
+
+
+def _computed(out):
+    return json.loads((out / "last_run.json").read_text())["computed"]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("matrix") / "a"
+    rows = run_matrix(_spec(), out, progress=False)
+    return out, rows
+
+
+def test_rows_controls_errors_and_threat_models(first_run):
+    out, rows = first_run
+    assert len(rows) == 4 * 3 * 2  # (clean + 3 defenses) x (none + 2) x 2 victims
+    by = {(r["defense"], r["countermeasure"], r["victim"]): r for r in rows}
+    assert by[("clean", "none", "v")]["error"] is None and 0 <= by[("clean", "none", "v")]["accuracy"] <= 1
+    assert by[("emn", "none", "s")]["threat_model"] == "white-box"
+    assert by[("emn", "jpeg", "v")]["threat_model"] == "gray-box"
+    assert by[("clean", "none", "s")]["threat_model"] == "-"
+    # MEM needs text/token gradients a timm classifier lacks: error rows, the rest goes on
+    mem = [r for r in rows if r["defense"] == "mem-on-timm"]
+    assert all(r["stage"] == "protect" and "token_grad" in r["error"] for r in mem)
+    unfitted = [r for r in rows if r["countermeasure"] == "lightshed-unfitted"]
+    assert all(r["error"] for r in unfitted) and any(r["stage"] == "transform" for r in unfitted)
+    assert by[("emn", "jpeg", "s")]["psnr"] > 25 and by[("emn", "jpeg", "s")]["versions"]["torch"]
+    md = (out / "results.md").read_text()
+    assert "victim: v" in md and "error:" in md
+    assert (out / "heatmap-v.png").stat().st_size > 1000 and (out / "results.csv").is_file()
+
+
+def test_rerun_hits_cache(first_run):
+    out, rows = first_run
+    again = run_matrix(_spec(), out, progress=False)
+    assert _computed(out) == {"protect": 0, "transform": 0, "finetune": 0}
+    assert _acc(again) == _acc(rows)
+
+
+def test_changed_config_misses_only_what_depends_on_it(first_run, tmp_path):
+    out, _ = first_run
+    run_matrix(_spec(quality=30), out, progress=False)
+    # jpeg quality changed: 3 protected sets re-transformed (clean, random, emn), 6 fine-tunes; no protect
+    assert _computed(out) == {"protect": 0, "transform": 3, "finetune": 6}
+
+
+def test_killed_run_resumes_to_the_same_table(first_run, tmp_path, monkeypatch):
+    from toolkit.attacks.finetune import FineTune
+
+    original = FineTune.__call__
+    calls = {"n": 0}
+
+    def dying(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("killed")
+        return original(self, *args, **kwargs)
+
+    out = tmp_path / "b"
+    monkeypatch.setattr(FineTune, "__call__", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_matrix(_spec(), out, progress=False)
+    monkeypatch.setattr(FineTune, "__call__", original)
+    rows = run_matrix(_spec(), out, progress=False)
+    # killed in the 4th fine-tune (clean / jpeg / v): the clean cells' three fine-tunes and the clean
+    # set's JPEG transform had finished and are not recomputed; both protections come after the kill
+    assert _computed(out) == {"protect": 2, "transform": 3 - 1, "finetune": 12 - 3}
+    assert _acc(rows) == _acc(first_run[1])
+
+
+def test_threat_model_labels():
+    fam = {"a": "llava", "b": "llava", "c": "qwen2_vl"}
+    assert threat_model("a", ["a"], fam) == "white-box"
+    assert threat_model("b", ["a"], fam) == "gray-box"
+    assert threat_model("c", ["a"], fam) == "black-box"
+    assert threat_model("c", ["a", "c"], fam) == "white-box"
+    assert threat_model("b", ["c", "a"], fam) == "gray-box"
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"victims": ["nope"]}, "victims: unknown model"),
+    ({"defenses": [{"name": "emn", "surrogates": ["x"]}]}, "unknown model 'x'"),
+    ({"defenses": [{"name": "emn"}]}, "needs at least one surrogate"),
+    ({"defenses": [{"name": "zap"}]}, "unknown defense 'zap'"),
+    ({"defenses": [{"name": "emn", "surrogates": ["s"], "config": {"rounds": -1}}]}, "rounds must be"),
+    ({"countermeasures": [{"name": "jpeg", "config": {"qualty": 3}}]}, "unknown config key"),
+    ({"colour": 1}, "unknown spec keys"),
+    ({"metrics": ["vibes"]}, "unknown"),
+])
+def test_bad_specs(patch, message):
+    with pytest.raises((MatrixError, TypeError, ValueError), match=message):
+        MatrixSpec.from_dict({**_spec(), **patch})
+
+
+def test_packaged_demo_spec_and_cli_report(first_run, capsys):
+    spec = load_spec("demo")
+    assert spec.name == "demo" and spec.victims == ("victim",) and len(spec.defenses) == 4
+    out, _ = first_run
+    (out / "results.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "results.md").is_file() and "victim: s" in capsys.readouterr().out
+    assert read_rows(out)

@@ -1,0 +1,449 @@
+"""Defense x countermeasure x victim matrices: spec, cached resumable runner, threat-model labels.
+
+A :class:`MatrixSpec` (YAML or a Python dict) names the data, the models, the
+defenses (each with its surrogates), the countermeasures (chains allowed), the
+victims, the fine-tuning recipe and the seeds. :func:`run_matrix` walks the
+dependency graph with a content-addressed cache under ``OUT/cache``:
+
+- protect once per (defense config, surrogates, data, seed) -> a release folder;
+- transform once per (protected set, countermeasure, seed) -> a release folder;
+- fine-tune + evaluate once per (training set, victim, recipe, seed) -> a JSON result.
+
+Every cached item is written atomically, so a killed run resumes where it
+stopped and nothing finished is recomputed. A failing stage becomes an error
+row carrying its message; the rest of the matrix continues. The clean control
+(no defense) and the ``none`` countermeasure are always included. Rows go to
+``OUT/rows.jsonl`` (config hash, seed, stage seconds, process peak memory,
+package versions); :mod:`toolkit.reports` renders tables and heatmaps.
+
+Threat model of a cell (derived, never typed): white-box when the victim is one
+of the defense's surrogates, gray-box when it shares a family with one of them,
+black-box otherwise.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import resources as ilr
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from tqdm.auto import tqdm
+
+__all__ = ["MatrixSpec", "DefenseSpec", "CountermeasureSpec", "run_matrix", "threat_model", "load_spec",
+           "MatrixError"]
+
+log = logging.getLogger(__name__)
+
+_TOP_KEYS = {"name", "data", "models", "defenses", "countermeasures", "victims", "finetune", "metrics", "seeds"}
+METRIC_NAMES = ("accuracy", "psnr", "ssim", "linf", "l2", "trigger_length", "trigger_edit_distance")
+
+
+class MatrixError(ValueError):
+    """An invalid matrix spec (the message names the field)."""
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    """One defense row: registry ``name``, ``config``, surrogate model names, ensemble ``weights``."""
+
+    label: str
+    name: Optional[str]
+    config: Dict[str, Any] = field(default_factory=dict)
+    surrogates: Tuple[str, ...] = ()
+    weights: Optional[Tuple[float, ...]] = None
+
+
+@dataclass(frozen=True)
+class CountermeasureSpec:
+    """One countermeasure column: registry ``name`` (``a+b`` chains allowed) and ``config``."""
+
+    label: str
+    name: Optional[str]
+    config: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MatrixSpec:
+    """A whole matrix (see the module docstring); build with :meth:`from_dict` / :func:`load_spec`."""
+
+    name: str
+    data: Dict[str, Any]
+    models: Dict[str, Dict[str, Any]]
+    defenses: Tuple[DefenseSpec, ...]
+    countermeasures: Tuple[CountermeasureSpec, ...]
+    victims: Tuple[str, ...]
+    finetune: Dict[str, Any]
+    metrics: Tuple[str, ...]
+    seeds: Tuple[int, ...]
+
+    @classmethod
+    def from_dict(cls, spec: Dict[str, Any]) -> "MatrixSpec":
+        """Validate a plain dict (as read from YAML) into a spec; errors name the field."""
+        from .attacks import COUNTERMEASURES
+        from .defenses import DEFENSES
+
+        if not isinstance(spec, dict):
+            raise MatrixError("a matrix spec must be a mapping")
+        unknown = set(spec) - _TOP_KEYS
+        if unknown:
+            raise MatrixError(f"unknown spec keys {sorted(unknown)}; valid: {sorted(_TOP_KEYS)}")
+        models = dict(spec.get("models") or {})
+        for key, m in models.items():
+            if not isinstance(m, dict) or not (("tiny" in m) ^ ("path" in m)):
+                raise MatrixError(f"models.{key}: give exactly one of 'tiny: FAMILY' or 'path: FOLDER'")
+        defenses = [DefenseSpec("clean", None)]
+        for i, d in enumerate(spec.get("defenses") or []):
+            name = d.get("name")
+            if name not in DEFENSES:
+                raise MatrixError(f"defenses[{i}].name: unknown defense {name!r}; known: {DEFENSES.names()}")
+            DEFENSES.create(name, **(d.get("config") or {}))  # validates the config now
+            surrogates = tuple(d.get("surrogates") or ())
+            for s in surrogates:
+                if s not in models:
+                    raise MatrixError(f"defenses[{i}].surrogates: unknown model {s!r}")
+            if DEFENSES.get(name).needs_surrogate and not surrogates:
+                raise MatrixError(f"defenses[{i}] ({name}) needs at least one surrogate")
+            weights = tuple(float(w) for w in d["weights"]) if d.get("weights") is not None else None
+            label = d.get("label") or name
+            if label == "clean":
+                raise MatrixError("the label 'clean' is reserved for the no-defense control")
+            defenses.append(DefenseSpec(label, name, dict(d.get("config") or {}), surrogates, weights))
+        labels = [d.label for d in defenses]
+        if len(set(labels)) != len(labels):
+            raise MatrixError(f"defense labels must be unique, got {labels}")
+        cms = [CountermeasureSpec("none", None)]
+        for i, c in enumerate(spec.get("countermeasures") or []):
+            name = c.get("name")
+            try:
+                COUNTERMEASURES.create(name, **(c.get("config") or {}))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise MatrixError(f"countermeasures[{i}]: {exc}") from None
+            label = c.get("label") or name
+            if label == "none":
+                raise MatrixError("the label 'none' is reserved for the no-countermeasure control")
+            cms.append(CountermeasureSpec(label, name, dict(c.get("config") or {})))
+        victims = tuple(spec.get("victims") or ())
+        if not victims:
+            raise MatrixError("victims: give at least one model name")
+        for v in victims:
+            if v not in models:
+                raise MatrixError(f"victims: unknown model {v!r}")
+        metrics = tuple(spec.get("metrics") or ("accuracy", "psnr", "ssim", "linf", "trigger_length"))
+        bad = [m for m in metrics if m not in METRIC_NAMES]
+        if bad:
+            raise MatrixError(f"metrics: unknown {bad}; known: {list(METRIC_NAMES)}")
+        seeds = tuple(int(s) for s in (spec.get("seeds") or (0,)))
+        return cls(str(spec.get("name", "matrix")), dict(spec.get("data") or {"source": "digits"}), models,
+                   tuple(defenses), tuple(cms), victims, dict(spec.get("finetune") or {}), metrics, seeds)
+
+
+def load_spec(path_or_name: Union[str, os.PathLike]) -> MatrixSpec:
+    """Read a YAML spec file, or a spec shipped in the package by name (``"demo"``)."""
+    import yaml
+
+    path = Path(path_or_name)
+    if path.is_file():
+        text = path.read_text()
+    else:
+        packaged = ilr.files("toolkit.specs").joinpath(f"{path_or_name}.yaml")
+        if not packaged.is_file():
+            raise FileNotFoundError(f"no spec file {path} and no packaged spec {str(path_or_name)!r}")
+        text = packaged.read_text()
+    return MatrixSpec.from_dict(yaml.safe_load(text))
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def threat_model(victim: str, surrogates: Sequence[str], families: Dict[str, str]) -> str:
+    """"white-box" (victim among the surrogates), "gray-box" (same family) or "black-box"."""
+    if not surrogates:
+        return "-"
+    if victim in surrogates:
+        return "white-box"
+    if families[victim] in {families[s] for s in surrogates}:
+        return "gray-box"
+    return "black-box"
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class _Cache:
+    """Content-addressed store of stage outputs under ``root`` (atomic writes)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def has(self, stage: str, key: str) -> bool:
+        return (self.path(stage, key) / "done.json").is_file()
+
+    def meta(self, stage: str, key: str) -> Dict[str, Any]:
+        return json.loads((self.path(stage, key) / "done.json").read_text())
+
+    def commit(self, stage: str, key: str, build) -> Dict[str, Any]:
+        """Run ``build(tmp_folder) -> meta`` into a temporary folder and move it into place."""
+        final = self.path(stage, key)
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        meta = build(tmp)
+        (tmp / "done.json").write_text(json.dumps(meta, default=str))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        return meta
+
+
+class _Runner:
+    def __init__(self, spec: MatrixSpec, out: Path, progress: bool, device: str, dtype: str) -> None:
+        self.spec, self.out, self.progress = spec, out, progress
+        self.device, self.dtype = device, dtype
+        self.cache = _Cache(out / "cache")
+        self.folders: Dict[str, Path] = {}
+        self.families: Dict[str, str] = {}
+        self.counters = {"protect": 0, "transform": 0, "finetune": 0}
+
+    # ----------------------------------------------------------------- models and data
+    def model_folder(self, name: str) -> Path:
+        from .surrogates import model_type_of
+        from .surrogates.tiny import build_tiny
+        from .surrogates.tiny.other import build_tiny_other, other_tiny_families
+
+        if name in self.folders:
+            return self.folders[name]
+        m = self.spec.models[name]
+        if "path" in m:
+            folder = Path(m["path"]).expanduser()
+            self.families[name] = model_type_of(folder)
+        else:
+            family, seed = m["tiny"], int(m.get("seed", 0))
+            folder = self.out / "models" / f"{family}-{seed}-{_hash(m)}"
+            if not (folder / "done").is_file():
+                shutil.rmtree(folder, ignore_errors=True)
+                kwargs = {k: v for k, v in m.items() if k not in {"tiny", "seed"}}
+                builder = build_tiny_other if family in other_tiny_families() else build_tiny
+                builder(family, folder, seed=seed, **kwargs)
+                (folder / "done").write_text("")
+            self.families[name] = family
+        self.folders[name] = folder
+        return folder
+
+    def model_identity(self, name: str) -> Dict[str, Any]:
+        m = self.spec.models[name]
+        if "tiny" in m:
+            return {"tiny": m}
+        folder = self.model_folder(name)
+        config = folder / "config.json"
+        files = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file())
+        return {"path": str(folder), "config": config.read_text() if config.is_file() else None, "files": files}
+
+    def load(self, name: str):
+        from .surrogates import load_surrogate
+
+        return load_surrogate(self.model_folder(name), device=self.device, dtype=self.dtype)
+
+    def data(self, seed: int):
+        from .data import load_dataset
+        from .digits import load_digits_vqa
+
+        d = self.spec.data
+        if d.get("source", "digits") == "digits":
+            return load_digits_vqa(image_size=int(d.get("image_size", 32)), seed=seed, limit=int(d.get("limit", 0)),
+                                   task=d.get("task", "digit"))
+        return load_dataset(d["train"]), load_dataset(d["test"])
+
+    # ----------------------------------------------------------------- stages
+    def protect(self, dspec: DefenseSpec, train, seed: int) -> Tuple[str, Dict[str, Any]]:
+        from .defenses import DEFENSES
+        from .release import write_release
+        from .surrogates import Ensemble
+
+        key = _hash("protect", dspec.name, dspec.config, seed, [self.model_identity(s) for s in dspec.surrogates],
+                    dspec.weights, self.spec.data)
+        if not self.cache.has("protect", key):
+            def build(tmp: Path) -> Dict[str, Any]:
+                defense = DEFENSES.create(dspec.name, **{**dspec.config, "seed": seed})
+                models = [self.load(s) for s in dspec.surrogates]
+                if dspec.weights is not None:
+                    models = [Ensemble(models, dspec.weights)]
+                t0 = time.perf_counter()
+                protection = defense.protect(train, models, progress=self.progress,
+                                             checkpoint=self.cache.root / "checkpoints" / f"{key}.pt")
+                seconds = time.perf_counter() - t0
+                write_release(protection, tmp / "release")
+                self.counters["protect"] += 1
+                return {"seconds": seconds, "peak_mib": _peak_mib(), "rounds": protection.info.get("rounds")}
+            self.cache.commit("protect", key, build)
+        return key, self.cache.meta("protect", key)
+
+    def transform(self, source_key: str, released, cm: CountermeasureSpec, seed: int) -> Tuple[str, Dict[str, Any]]:
+        from .attacks import COUNTERMEASURES
+        from .defenses.base import Protection
+        from .release import write_release
+
+        key = _hash("transform", source_key, cm.name, cm.config, seed)
+        if not self.cache.has("transform", key):
+            def build(tmp: Path) -> Dict[str, Any]:
+                t0 = time.perf_counter()
+                transform = COUNTERMEASURES.create(cm.name, **cm.config)
+                if getattr(transform, "training_side", False):
+                    return {"seconds": 0.0, "training_side": True}
+                data = transform(released)
+                seconds = time.perf_counter() - t0
+                write_release(Protection(dataset=data, source=released, defense=cm.name, config=cm.config),
+                              tmp / "release")
+                self.counters["transform"] += 1
+                return {"seconds": seconds, "training_side": False}
+            self.cache.commit("transform", key, build)
+        return key, self.cache.meta("transform", key)
+
+    def finetune(self, data_key: str, training_set, victim: str, cm: Optional[CountermeasureSpec], test,
+                 seed: int) -> Dict[str, Any]:
+        from .attacks import COUNTERMEASURES, FineTune
+        from .metrics import evaluate_answers
+
+        key = _hash("finetune", data_key, self.model_identity(victim), self.spec.finetune,
+                    cm.name if cm else None, cm.config if cm else None, seed)
+        if not self.cache.has("finetune", key):
+            def build(tmp: Path) -> Dict[str, Any]:
+                model = self.load(victim)
+                training_cm = COUNTERMEASURES.create(cm.name, **cm.config) if cm else None
+                result = FineTune(**{**self.spec.finetune, "seed": seed})(model, training_set, progress=self.progress,
+                                                                          countermeasure=training_cm)
+                t0 = time.perf_counter()
+                acc, preds = evaluate_answers(model, test)
+                (tmp / "predictions.json").write_text(json.dumps(preds))
+                self.counters["finetune"] += 1
+                return {"accuracy": acc, "finetune_seconds": result.seconds,
+                        "eval_seconds": time.perf_counter() - t0, "peak_mib": _peak_mib()}
+            self.cache.commit("finetune", key, build)
+        return {"key": key, **self.cache.meta("finetune", key)}
+
+
+def _stealth(train, released, metrics: Sequence[str]) -> Dict[str, Any]:
+    from .metrics import L2, PSNR, SSIM, LInf
+
+    out: Dict[str, Any] = {}
+    changed = any((a.image != b.image).any() for a, b in zip(train, released))
+    table = {"psnr": PSNR(), "ssim": SSIM(), "linf": LInf(), "l2": L2()}
+    for m in metrics:
+        if m in table:
+            out[m] = table[m](train, released) if changed else None
+    if "trigger_length" in metrics or "trigger_edit_distance" in metrics:
+        lengths, edits = [], []
+        for a, b in zip(train, released):
+            words_a, words_b = a.question.split(), b.question.split()
+            edits.append(_edit_distance(words_a, words_b))
+            trig = b.meta.get("trigger") if hasattr(b, "meta") else None
+            lengths.append(len(trig["words"]) if trig else 0)
+        if "trigger_length" in metrics:
+            out["trigger_length"] = sum(lengths) / len(lengths)
+        if "trigger_edit_distance" in metrics:
+            out["trigger_edit_distance"] = sum(edits) / len(edits)
+    return out
+
+
+def _edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
+    """Word-level Levenshtein distance."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: Union[str, os.PathLike], *,
+               progress: bool = True, device: str = "cpu", dtype: str = "float32") -> List[Dict[str, Any]]:
+    """Run (or resume) a matrix into ``out``; returns the rows (also in ``out/rows.jsonl``) and renders reports."""
+    from .release import package_versions, read_release
+    from .reports import write_reports
+
+    if not isinstance(spec, MatrixSpec):
+        spec = MatrixSpec.from_dict(spec) if isinstance(spec, dict) else load_spec(spec)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runner = _Runner(spec, out, progress, device, dtype)
+    versions = package_versions()
+    rows: List[Dict[str, Any]] = []
+    total = len(spec.seeds) * len(spec.defenses) * len(spec.countermeasures) * len(spec.victims)
+    bar = tqdm(total=total, desc=f"matrix {spec.name}", disable=not progress)
+    for seed in spec.seeds:
+        train, test = runner.data(seed)
+        for v in spec.victims:
+            runner.model_folder(v)
+        for dspec in spec.defenses:
+            for s in dspec.surrogates:
+                runner.model_folder(s)
+            base = {"matrix": spec.name, "seed": seed, "defense": dspec.label, "defense_name": dspec.name,
+                    "surrogates": list(dspec.surrogates), "versions": versions}
+            try:
+                if dspec.name is None:
+                    pkey, pmeta, released = _hash("clean", spec.data, seed), {"seconds": 0.0}, train
+                else:
+                    pkey, pmeta = runner.protect(dspec, train, seed)
+                    released = read_release(runner.cache.path("protect", pkey) / "release")
+                stealth = _stealth(train, released, spec.metrics)
+            except Exception as exc:  # an error row per cell of this defense; the matrix goes on
+                log.warning("protect %s failed: %s", dspec.label, exc)
+                for cm in spec.countermeasures:
+                    for v in spec.victims:
+                        rows.append({**base, "countermeasure": cm.label, "victim": v, "stage": "protect",
+                                     "error": f"{type(exc).__name__}: {exc}",
+                                     "threat_model": threat_model(v, dspec.surrogates, runner.families)})
+                        bar.update(1)
+                continue
+            for cm in spec.countermeasures:
+                for v in spec.victims:
+                    row = {**base, "countermeasure": cm.label, "victim": v,
+                           "threat_model": threat_model(v, dspec.surrogates, runner.families),
+                           "config_hash": _hash(dspec.name, dspec.config, dspec.surrogates, cm.name, cm.config, v,
+                                                spec.finetune),
+                           "protect_seconds": pmeta.get("seconds", 0.0), **stealth}
+                    stage = "transform"
+                    try:
+                        training_cm = None
+                        if cm.name is None:
+                            tkey, training_set = pkey, released
+                        else:
+                            tkey, tmeta = runner.transform(pkey, released, cm, seed)
+                            if tmeta["training_side"]:
+                                training_set, training_cm = released, cm
+                            else:
+                                training_set = read_release(runner.cache.path("transform", tkey) / "release")
+                            row["transform_seconds"] = tmeta.get("seconds", 0.0)
+                        stage = "finetune"
+                        result = runner.finetune(tkey, training_set, v, training_cm, test, seed)
+                        row.update({"accuracy": result["accuracy"], "finetune_seconds": result["finetune_seconds"],
+                                    "eval_seconds": result["eval_seconds"], "peak_mib": result["peak_mib"],
+                                    "error": None})
+                    except Exception as exc:
+                        log.warning("cell %s / %s / %s failed at %s: %s", dspec.label, cm.label, v, stage, exc)
+                        row.update({"stage": stage, "error": f"{type(exc).__name__}: {exc}"})
+                    rows.append(row)
+                    bar.update(1)
+    bar.close()
+    tmp = out / "rows.jsonl.tmp"
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, default=str) + "\n")
+    os.replace(tmp, out / "rows.jsonl")
+    (out / "spec.json").write_text(json.dumps(spec, default=lambda o: o.__dict__, indent=2))
+    write_reports(out)
+    log.info("matrix %s: stages computed this run: %s", spec.name, runner.counters)
+    runner_counts = dict(runner.counters)
+    (out / "last_run.json").write_text(json.dumps({"computed": runner_counts}))
+    return rows

@@ -1,0 +1,135 @@
+"""Reports from matrix rows: Markdown and CSV tables (mean and spread over seeds, drop vs the clean
+fine-tune) and heatmap PNGs of clean-test accuracy per defense x countermeasure, one per victim.
+
+``mmguard report DIR`` re-renders them from ``DIR/rows.jsonl`` without recomputing anything.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple, Union
+
+__all__ = ["aggregate", "write_reports", "format_markdown", "read_rows"]
+
+_EXTRA = ("psnr", "ssim", "linf", "l2", "trigger_length", "trigger_edit_distance", "protect_seconds",
+          "finetune_seconds", "peak_mib")
+
+
+def read_rows(out: Union[str, Path]) -> List[Dict[str, Any]]:
+    """The rows of a matrix run folder."""
+    path = Path(out) / "rows.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{out}: no rows.jsonl (run `mmguard matrix` first)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One record per (victim, defense, countermeasure): accuracy mean/std over seeds, drop vs clean.
+
+    The drop is taken per seed against the clean fine-tune (no defense, no
+    countermeasure) of the same victim, then averaged. Error cells are kept with
+    their first message and no numbers.
+    """
+    clean = {(r["victim"], r["seed"]): r["accuracy"] for r in rows
+             if r["defense"] == "clean" and r["countermeasure"] == "none" and r.get("error") is None}
+    groups: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["victim"], r["defense"], r["countermeasure"]), []).append(r)
+    out = []
+    for (victim, defense, cm), rs in groups.items():
+        ok = [r for r in rs if r.get("error") is None]
+        rec: Dict[str, Any] = {"victim": victim, "defense": defense, "countermeasure": cm,
+                               "threat_model": rs[0].get("threat_model"), "seeds": len(ok),
+                               "errors": len(rs) - len(ok),
+                               "error": next((r["error"] for r in rs if r.get("error")), None)}
+        if ok:
+            rec["accuracy_mean"], rec["accuracy_std"] = _mean_std([r["accuracy"] for r in ok])
+            drops = [clean[(victim, r["seed"])] - r["accuracy"] for r in ok if (victim, r["seed"]) in clean]
+            rec["drop_mean"] = _mean_std(drops)[0] if drops else None
+            for key in _EXTRA:
+                vals = [r[key] for r in ok if r.get(key) is not None]
+                rec[key] = sum(vals) / len(vals) if vals else None
+        out.append(rec)
+    return out
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_markdown(records: List[Dict[str, Any]]) -> str:
+    """Per-victim Markdown tables (accuracy in %, drop in points)."""
+    lines: List[str] = []
+    for victim in sorted({r["victim"] for r in records}):
+        lines += [f"#### victim: {victim}", "",
+                  "| defense | countermeasure | threat model | clean-test acc. (%) | drop (points) | seeds | PSNR (dB) "
+                  "| SSIM | trigger words | protect s |", "|" + "---|" * 10]
+        for r in (r for r in records if r["victim"] == victim):
+            if r.get("accuracy_mean") is None:
+                acc = f"error: {r['error']}"
+            else:
+                acc = f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f}"
+            drop = None if r.get("drop_mean") is None else 100 * r["drop_mean"]
+            lines.append(f"| {r['defense']} | {r['countermeasure']} | {r['threat_model']} | {acc} | "
+                         f"{_fmt(drop, '+.1f')} | {r['seeds']} | {_fmt(r.get('psnr'), '.1f')} | "
+                         f"{_fmt(r.get('ssim'), '.3f')} | {_fmt(r.get('trigger_length'), '.1f')} | "
+                         f"{_fmt(r.get('protect_seconds'), '.0f')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _heatmap(records: List[Dict[str, Any]], victim: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    recs = [r for r in records if r["victim"] == victim]
+    defenses = list(dict.fromkeys(r["defense"] for r in recs))
+    cms = list(dict.fromkeys(r["countermeasure"] for r in recs))
+    grid = np.full((len(defenses), len(cms)), np.nan)
+    for r in recs:
+        if r.get("accuracy_mean") is not None:
+            grid[defenses.index(r["defense"]), cms.index(r["countermeasure"])] = 100 * r["accuracy_mean"]
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(cms), 1.0 + 0.5 * len(defenses)))
+    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(cms)), cms, rotation=40, ha="right")
+    ax.set_yticks(range(len(defenses)), defenses)
+    for i in range(len(defenses)):
+        for j in range(len(cms)):
+            text = "err" if np.isnan(grid[i, j]) else f"{grid[i, j]:.0f}"
+            ax.text(j, i, text, ha="center", va="center", color="white" if np.isnan(grid[i, j]) or grid[i, j] < 60
+                    else "black", fontsize=8)
+    ax.set_title(f"clean-test accuracy (%), victim {victim}")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_reports(out: Union[str, Path]) -> Dict[str, Path]:
+    """Render ``results.md``, ``results.csv`` and ``heatmap-<victim>.png`` from ``out/rows.jsonl``."""
+    out = Path(out)
+    records = aggregate(read_rows(out))
+    paths = {"markdown": out / "results.md", "csv": out / "results.csv"}
+    paths["markdown"].write_text(format_markdown(records))
+    keys = ["victim", "defense", "countermeasure", "threat_model", "accuracy_mean", "accuracy_std", "drop_mean",
+            "seeds", "errors", "error", *_EXTRA]
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+    for victim in sorted({r["victim"] for r in records}):
+        paths[f"heatmap-{victim}"] = out / f"heatmap-{victim}.png"
+        _heatmap(records, victim, paths[f"heatmap-{victim}"])
+    return paths
