@@ -11,7 +11,6 @@ import time
 import pytest
 import torch
 
-from toolkit.data import images_to_tensor
 from toolkit.engine import pgd, project
 from toolkit.surrogates import load_surrogate
 from toolkit.surrogates.tiny import build_tiny, tiny_families

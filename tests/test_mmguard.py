@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from toolkit import DEFENSES
-from toolkit.attention import align_to_protected, attention_rows, mass_loss, tv_distance
+from toolkit.attention import align_to_protected, attention_rows, mass_loss
 from toolkit.defenses.minmin import Perturbation, answer_classes
 from toolkit.defenses.mmguard import MMGUARD_VARIANTS, MMGuard
 from toolkit.engine import make_generator
