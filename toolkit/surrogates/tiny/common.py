@@ -7,7 +7,7 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 
 __all__ = ["TINY_BUILDERS", "register_tiny", "train_tiny_tokenizer", "LLAVA_CHAT_TEMPLATE", "seeded_init",
-           "SPECIAL_TOKENS"]
+           "SPECIAL_TOKENS", "save_tiny"]
 
 #: family name -> builder(path, *, seed=0, **kw) -> Path
 TINY_BUILDERS: Dict[str, Callable] = {}
@@ -28,6 +28,25 @@ def seeded_init(cls, config, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         return cls(config)
+
+
+def save_tiny(path, model, processor, tokenizer, clear_bos: bool = False):
+    """Set the generation pad/eos ids from ``tokenizer`` and save model + processor at ``path``.
+
+    ``clear_bos``: drop the generation config's BOS id (families whose prompts carry no BOS).
+    Returns the folder as a ``Path``.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if clear_bos:
+        model.generation_config.bos_token_id = None
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
 
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]

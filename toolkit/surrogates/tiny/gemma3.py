@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Union
 
-from .common import register_tiny, seeded_init, train_tiny_tokenizer
+from .common import register_tiny, save_tiny, seeded_init, train_tiny_tokenizer
 
 __all__ = ["build_tiny_gemma3", "GEMMA3_CHAT_TEMPLATE"]
 
@@ -80,9 +80,7 @@ def build_tiny_gemma3(path: Union[str, os.PathLike], *, image_size: int = 32, pa
     )
     model = seeded_init(Gemma3ForConditionalGeneration, config, seed)
     wake_gemma3_projector(model, seed)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    path = save_tiny(path, model, processor, tokenizer)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, ids("<end_of_turn>")]
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
+    model.generation_config.save_pretrained(path)  # a turn may also end with <end_of_turn>
     return path

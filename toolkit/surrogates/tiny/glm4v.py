@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Union
 
-from .common import register_tiny, seeded_init, train_tiny_tokenizer
+from .common import register_tiny, save_tiny, seeded_init, train_tiny_tokenizer
 
 __all__ = ["build_tiny_glm4v", "GLM4V_CHAT_TEMPLATE", "glm4v_tokenizer"]
 
@@ -80,10 +80,4 @@ def build_tiny_glm4v(path: Union[str, os.PathLike], *, seed: int = 0, hidden_siz
         image_start_token_id=ids("<|begin_of_image|>"), image_end_token_id=ids("<|end_of_image|>"),
         video_start_token_id=ids("<|begin_of_video|>"), video_end_token_id=ids("<|end_of_video|>"))
     model = seeded_init(Glm4vForConditionalGeneration, config, seed)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = None
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return save_tiny(path, model, processor, tokenizer, clear_bos=True)

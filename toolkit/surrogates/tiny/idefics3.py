@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Union
 
-from .common import register_tiny, seeded_init, train_tiny_tokenizer
+from .common import register_tiny, seeded_init, train_tiny_tokenizer, save_tiny
 
 __all__ = ["build_tiny_idefics3", "build_tiny_smolvlm", "IDEFICS3_CHAT_TEMPLATE", "SMOLVLM_CHAT_TEMPLATE"]
 
@@ -74,12 +74,7 @@ def _build(path, *, smol: bool, tile: int, longest_edge: int, patch_size: int, s
         vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         scale_factor=scale_factor, pad_token_id=tokenizer.pad_token_id)
     model = seeded_init(getattr(tf, f"{prefix}ForConditionalGeneration"), config, seed)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return save_tiny(path, model, processor, tokenizer)
 
 
 @register_tiny("idefics3")

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Union
 
-from .common import LLAVA_CHAT_TEMPLATE, register_tiny, seeded_init, train_tiny_tokenizer
+from .common import LLAVA_CHAT_TEMPLATE, register_tiny, seeded_init, train_tiny_tokenizer, save_tiny
 
 __all__ = ["build_tiny_llava"]
 
@@ -51,9 +51,4 @@ def build_tiny_llava(path: Union[str, os.PathLike], *, image_size: int = 32, pat
         vision_feature_layer=-1,
     )
     model = seeded_init(LlavaForConditionalGeneration, config, seed)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return save_tiny(path, model, processor, tokenizer)

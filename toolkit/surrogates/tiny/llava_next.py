@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Sequence, Union
 
-from .common import register_tiny, seeded_init, train_tiny_tokenizer
+from .common import register_tiny, seeded_init, train_tiny_tokenizer, save_tiny
 
 __all__ = ["build_tiny_llava_next", "LLAVA_NEXT_CHAT_TEMPLATE"]
 
@@ -65,9 +65,4 @@ def build_tiny_llava_next(path: Union[str, os.PathLike], *, tile: int = 16, patc
         vision_feature_layer=-1,
     )
     model = seeded_init(LlavaNextForConditionalGeneration, config, seed)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return save_tiny(path, model, processor, tokenizer)

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Union
 
-from .common import register_tiny, seeded_init, train_tiny_tokenizer
+from .common import register_tiny, seeded_init, train_tiny_tokenizer, save_tiny
 
 __all__ = ["build_tiny_mllama", "MLLAMA_CHAT_TEMPLATE"]
 
@@ -80,9 +80,4 @@ def build_tiny_mllama(path: Union[str, os.PathLike], *, tile_size: int = 16, max
     )
     model = seeded_init(MllamaForConditionalGeneration, config, seed)
     wake_mllama_gates(model)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return save_tiny(path, model, processor, tokenizer)

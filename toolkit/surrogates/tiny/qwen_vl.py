@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Union
 
-from .common import register_tiny, seeded_init, train_tiny_tokenizer
+from .common import register_tiny, seeded_init, train_tiny_tokenizer, save_tiny
 
 __all__ = ["build_tiny_qwen2_vl", "build_tiny_qwen2_5_vl", "build_tiny_qwen3_vl", "QWEN2_VL_CHAT_TEMPLATE",
            "QWEN3_VL_CHAT_TEMPLATE", "qwen_tokenizer"]
@@ -73,14 +73,7 @@ def _text_kwargs(tokenizer, hidden_size: int, num_layers: int, mrope_section) ->
 
 
 def _save(path: Union[str, os.PathLike], model, processor, tokenizer) -> Path:
-    path = Path(path)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = None
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return save_tiny(path, model, processor, tokenizer, clear_bos=True)
 
 
 def _image_processor(patch_size: int, min_side: int, max_side: int, **kw: Any):
