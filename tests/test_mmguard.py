@@ -141,9 +141,13 @@ def test_release_records_triggers_and_keeps_answers(digits_small, llava, tmp_pat
     out = DEFENSES.create("mmguard_crs", rounds=1, pgd_steps=1, max_trigger_tokens=3, trigger_candidates=4,
                           pgd_batch_size=8, batch_size=8, eval_size=6).protect(data, [llava])
     vocab = set(admissible_vocabulary(llava.tokenizer).words)
+    answers = {s.answer.lower() for s in data}
+    template = {w.lower() for w in llava.prompt_text("").split()}
     for src, prot in zip(data, out.dataset):
         words = prot.meta["trigger"]["words"]
         assert 1 <= len(words) <= 3 and set(words) <= vocab
+        assert not {w.lower() for w in words} & answers  # no label in the trigger
+        assert not {w.lower() for w in words} & {"user", "assistant"} and "assistant:" in template
         assert prot.answer == src.answer and src.question in prot.question
     folder = write_release(out, tmp_path / "release")
     rows = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
@@ -158,6 +162,17 @@ def test_bph_needs_image_attention(digits_small, llava):
     blind.__dict__.update(llava.__dict__)
     with pytest.raises(Exception, match="image_attention"):
         DEFENSES.create("mmguard_bph", rounds=1).protect(digits_small[0][:4], [blind])
+
+
+def test_vocabulary_exclusions(llava):
+    from toolkit.triggers import Vocabulary
+
+    vocab = llava.trigger_vocabulary()
+    assert "ASSISTANT" not in vocab.words and "USER" not in vocab.words
+    small = Vocabulary(torch.tensor([1, 2, 3]), ("Seven", "lamp", "zebra"))
+    assert small.without({"seven"}).words == ("lamp", "zebra")
+    with pytest.raises(ValueError, match="excluded"):
+        small.without({"seven", "LAMP", "zebra"})
 
 
 def test_text_variant_leaves_images_untouched(digits_small, llava):

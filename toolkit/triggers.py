@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 __all__ = ["admissible_vocabulary", "insert_trigger", "Vocabulary", "hotflip_scores", "TRIGGER_POSITIONS",
-           "check_trigger_position"]
+           "check_trigger_position", "words_of"]
 
 _WORD = re.compile(r"^[A-Za-z]+$")
 TRIGGER_POSITIONS = ("start", "end")
@@ -47,11 +47,22 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.words)
 
+    def without(self, words) -> "Vocabulary":
+        """A copy without the given words (compared case-insensitively)."""
+        banned = {w.lower() for w in words}
+        keep = [i for i, w in enumerate(self.words) if w.lower() not in banned]
+        if not keep:
+            raise ValueError("every admissible trigger token was excluded")
+        return Vocabulary(self.ids[torch.tensor(keep)], tuple(self.words[i] for i in keep))
+
 
 def admissible_vocabulary(tokenizer, min_length: int = 2) -> Vocabulary:
     """Tokens that decode to a leading space + ASCII letters only (``" zebra"``), special tokens excluded.
 
     ``min_length`` drops one-letter words (too easy to spot and often merged by BPE).
+    Surrogates further drop the words of their own chat template (role markers such as
+    "ASSISTANT" act as control text) and defenses drop the dataset's answer words (a trigger
+    must not carry the label).
     """
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     ids, words = [], []
@@ -65,6 +76,11 @@ def admissible_vocabulary(tokenizer, min_length: int = 2) -> Vocabulary:
     if not ids:
         raise ValueError("the tokenizer has no admissible trigger tokens (leading space + ASCII letters)")
     return Vocabulary(torch.tensor(ids), tuple(words))
+
+
+def words_of(text: str) -> set:
+    """The ASCII-letter words of ``text`` (for exclusion lists)."""
+    return set(re.findall(r"[A-Za-z]+", text))
 
 
 def check_trigger_position(position: Union[str, int]) -> None:

@@ -63,7 +63,7 @@ class MEM(MinMinDefense):
 
     def setup(self, pert, surrogates, gen):
         """Start every sample with ``max_trigger_tokens`` random admissible words of the first surrogate."""
-        vocab = _flatten(surrogates)[0][0].trigger_vocabulary()
+        vocab = _flatten(surrogates)[0][0].trigger_vocabulary().without(pert.banned_words)
         k = self.config.max_trigger_tokens
         picks = torch.randint(0, len(vocab), (len(pert), k), generator=gen)
         pert.triggers = [[vocab.words[j] for j in row] for row in picks.tolist()]

@@ -35,7 +35,7 @@ from ..engine import TrainState, adapted, dataset_pixels, gather, make_generator
     train_step
 from ..registry import check_choice, check_range
 from ..surrogates.hf_lvlm import LoraSettings
-from ..triggers import hotflip_scores, insert_trigger
+from ..triggers import hotflip_scores, insert_trigger, words_of
 from .base import Defense, DefenseConfig
 
 __all__ = ["MinMinDefense", "MinMinConfig", "Perturbation"]
@@ -117,6 +117,7 @@ class Perturbation:
         delta: per-sample list of (3, H, W), or a (C, 3, H, W) tensor for class-wise noise.
         triggers: per-sample word lists (None when the defense has no trigger).
         position: where triggers are inserted ("start", "end" or a word index).
+        banned_words: words no trigger may contain (the answers' words).
     """
 
     def __init__(self, samples: Sequence[VQASample], labels: torch.Tensor, num_classes: int, granularity: str,
@@ -138,6 +139,8 @@ class Perturbation:
             self.delta = [(torch.rand(t.shape, generator=gen) * 2 - 1) * eps for t in self.x]
         self.triggers: Optional[List[List[str]]] = None
         self.position: Any = "start"
+        #: words a trigger may not use: every word of every answer (a trigger must not carry a label)
+        self.banned_words = set().union(*(words_of(s.answer) for s in self.samples))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -310,7 +313,7 @@ class MinMinDefense(Defense):
         weighted = _flatten(surrogates)
         for s, _ in weighted:
             s.require("token_grad", "text", who=f"defense {self.name!r} (trigger search)")
-        vocabs = [s.trigger_vocabulary() for s, _ in weighted]
+        vocabs = [s.trigger_vocabulary().without(pert.banned_words) for s, _ in weighted]
         sign = 1.0 if descend else -1.0
         changed, before, after = 0, [], []
         for idx in shape_batches(pert.shapes, batch_size, indices=indices):

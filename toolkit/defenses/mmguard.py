@@ -146,7 +146,7 @@ class MMGuard(MinMinDefense):
         """Random admissible start triggers (trigger variants); no trigger otherwise."""
         if not self.uses_trigger:
             return
-        vocab = _flatten(surrogates)[0][0].trigger_vocabulary()
+        vocab = _flatten(surrogates)[0][0].trigger_vocabulary().without(pert.banned_words)
         k = self.config.max_trigger_tokens
         picks = torch.randint(0, len(vocab), (len(pert), k), generator=gen)
         pert.triggers = [[vocab.words[j] for j in row] for row in picks.tolist()]

@@ -371,11 +371,13 @@ class HFVisionLanguageSurrogate(Surrogate):
         return batch.trigger_mask
 
     def trigger_vocabulary(self):
-        """Admissible trigger tokens of this tokenizer (:class:`toolkit.triggers.Vocabulary`, cached)."""
+        """Admissible trigger tokens of this tokenizer minus the chat template's own words
+        (:class:`toolkit.triggers.Vocabulary`, cached)."""
         if getattr(self, "_trigger_vocab", None) is None:
-            from ..triggers import admissible_vocabulary
+            from ..triggers import admissible_vocabulary, words_of
 
-            self._trigger_vocab = admissible_vocabulary(self.tokenizer)
+            template = self.prompt_text("") + self.answer_text("")
+            self._trigger_vocab = admissible_vocabulary(self.tokenizer).without(words_of(template))
         return self._trigger_vocab
 
     def embedding_matrix(self) -> torch.Tensor:
