@@ -7,11 +7,11 @@ Reproduces the README's defense table (baselines, issue 4) and MMGuard ablation 
 
 Setup: the 1,198 digits training samples are protected against a tiny LLaVA
 surrogate (random init, seed 0) trained from scratch inside the min-min loop;
-each protected set trains two fresh victims (full fine-tune, 15 epochs,
-cosine LR): a white-box one (the surrogate's own initial weights) and a
-gray-box one (same family, other init, seed 1). Accuracy is on the 599 CLEAN
-test digits. The black-box row protects against an ensemble of tiny Qwen2-VL and
-Gemma 3 surrogates and evaluates the LLaVA victims. Rows are appended to
+each protected set trains fresh victims (full fine-tune, 15 epochs, cosine
+LR): a white-box one (the surrogate's own initial weights) and, for the
+baselines, a gray-box one (same family, other init, seed 1). Accuracy is on
+the 599 CLEAN test digits. The black-box row protects against an ensemble of
+tiny Qwen2-VL and Gemma 3 surrogates and evaluates the LLaVA victims. Rows are appended to
 ``rows.jsonl`` as they finish; a rerun skips finished rows (resume).
 """
 from __future__ import annotations
@@ -28,26 +28,31 @@ SAMPLE = {"granularity": "sample", "rounds": 30, "train_steps": 20, "pgd_steps":
           "stop_clean_accuracy": 0.3}
 # MMGuard on a from-scratch surrogate: the sample-wise schedule instead of the paper's
 # LoRA-on-a-pretrained-LVLM one, triggers of 5 words searched every 5 rounds.
-MMG = {**SAMPLE, "train_mode": "full", "lr": 2e-3, "step_size": 2 / 255, "init": "zeros", "stop_accuracy": 0.99,
-       "max_trigger_tokens": 5, "trigger_candidates": 16, "trigger_every": 5, "lambda_bind": 2.0}
+MMG = {**SAMPLE, "rounds": 20, "train_mode": "full", "lr": 2e-3, "step_size": 2 / 255, "init": "zeros",
+       "stop_accuracy": 0.99, "max_trigger_tokens": 5, "trigger_candidates": 8, "trigger_every": 5,
+       "lambda_bind": 2.0}
 TRIG = {"max_trigger_tokens": 5, "trigger_candidates": 16, "trigger_rounds": 30, "trigger_fraction": 0.2}
 
+BOTH, WHITE = ("white", "gray"), ("white",)
+# row -> (registry name, config, surrogate families (None = the tiny LLaVA), victims evaluated)
 ROWS = {
-    "clean": (None, {}, None),
-    "random_noise": ("random_noise", {}, None),
-    "emn_class": ("emn", CLASS, None),
-    "emn_sample": ("emn", SAMPLE, None),
-    "tue": ("tue", {**SAMPLE, "step_size": 2 / 255}, None),
-    "rem": ("rem", {**SAMPLE, "adv_steps": 2}, None),
-    "mem": ("mem", {**SAMPLE, **TRIG}, None),
-    "mmguard_image": ("mmguard_image", MMG, None),
-    "mmguard_text": ("mmguard_text", MMG, None),
-    "mmguard_multimodal": ("mmguard_multimodal", MMG, None),
-    "mmguard_bph": ("mmguard_bph", MMG, None),
-    "mmguard_crs": ("mmguard_crs", MMG, None),
-    "mmguard_bph_max": ("mmguard_bph_max", MMG, None),
-    "mmguard_crs_max": ("mmguard_crs_max", MMG, None),
-    "mmguard_bph_blackbox": ("mmguard_bph", {**MMG, "attention_layers": 1}, ("qwen2_vl", "gemma3")),
+    "clean": (None, {}, None, BOTH),
+    "random_noise": ("random_noise", {}, None, BOTH),
+    "emn_class": ("emn", CLASS, None, BOTH),
+    "emn_sample": ("emn", SAMPLE, None, BOTH),
+    "tue": ("tue", {**SAMPLE, "step_size": 2 / 255}, None, BOTH),
+    "rem": ("rem", {**SAMPLE, "adv_steps": 2}, None, BOTH),
+    "mem": ("mem", {**SAMPLE, **TRIG}, None, BOTH),
+    # the MMGuard ablation is white-box (the victim starts from the surrogate's initial weights)
+    "mmguard_image": ("mmguard_image", MMG, None, WHITE),
+    "mmguard_text": ("mmguard_text", MMG, None, WHITE),
+    "mmguard_multimodal": ("mmguard_multimodal", MMG, None, WHITE),
+    "mmguard_bph": ("mmguard_bph", MMG, None, WHITE),
+    "mmguard_crs": ("mmguard_crs", MMG, None, WHITE),
+    "mmguard_bph_max": ("mmguard_bph_max", MMG, None, WHITE),
+    "mmguard_crs_max": ("mmguard_crs_max", MMG, None, WHITE),
+    # black-box: an ensemble of two other families protects against the tiny LLaVA victims
+    "mmguard_crs_blackbox": ("mmguard_crs", MMG, ("qwen2_vl", "gemma3"), BOTH),
 }
 
 
@@ -80,7 +85,7 @@ def main() -> None:
         if row in done:
             print(f"{row}: done, skipped")
             continue
-        name, config, family = ROWS[row]
+        name, config, family, victims = ROWS[row]
         released, seconds, info, mech = train, 0.0, {}, {}
         if name is not None:
             if family:
@@ -105,7 +110,8 @@ def main() -> None:
                   "mass_answer_to_trigger": mech.get("mass_answer_to_trigger"),
                   "mass_answer_to_perturbation": mech.get("mass_answer_to_perturbation"),
                   "mass_answer_to_perturbation_clean": mech.get("mass_answer_to_perturbation_clean")}
-        for victim_name, folder in (("white", models["surrogate"]), ("gray", models["victim_gray"])):
+        folders = {"white": models["surrogate"], "gray": models["victim_gray"]}
+        for victim_name, folder in ((v, folders[v]) for v in victims):
             victim = load_surrogate(folder)
             t0 = time.perf_counter()
             FineTune(epochs=args.epochs, seed=args.seed)(victim, released, progress=True)
@@ -125,16 +131,19 @@ def main() -> None:
 def format_table(rows) -> str:
     """Markdown table of the rows (accuracy in %, drop vs the clean row in points)."""
     clean = next((r for r in rows if r["row"] == "clean"), None)
-    head = ("| row | surrogate(s) | white-box acc. (%) | gray-box acc. (%) | drop gray (pts) | PSNR | SSIM | "
+    head = ("| row | surrogate(s) | white-box acc. (%) | drop (pts) | gray-box acc. (%) | drop (pts) | PSNR | SSIM | "
             "trigger words | TV | TV bound | protect s |")
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
 
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
     for r in rows:
-        drop = None if clean is None else 100 * (clean["acc_gray"] - r["acc_gray"])
+        white, gray = r.get("acc_white"), r.get("acc_gray")
+        drop_w = None if clean is None or white is None else 100 * (clean["acc_white"] - white)
+        drop_g = None if clean is None or gray is None else 100 * (clean["acc_gray"] - gray)
         lines.append(f"| {r['row']} | {'+'.join(r['surrogates']) if r['defense'] != 'clean' else '-'} | "
-                     f"{100 * r['acc_white']:.1f} | {100 * r['acc_gray']:.1f} | {f(drop, '+.1f')} | "
+                     f"{f(white and 100 * white, '.1f')} | {f(drop_w, '+.1f')} | {f(gray and 100 * gray, '.1f')} | "
+                     f"{f(drop_g, '+.1f')} | "
                      f"{f(r['psnr_db'], '.1f')} | {f(r['ssim'], '.3f')} | {r['trigger_words']:.1f} | "
                      f"{f(r['tv'], '.3f')} | {f(r['tv_bound'], '.3f')} | {r['protect_seconds']:.0f} |")
     return "\n".join(lines)
