@@ -41,7 +41,7 @@ ROWS = {
     "emn_class": ("emn", CLASS, None, BOTH),
     "emn_sample": ("emn", SAMPLE, None, BOTH),
     "tue": ("tue", {**SAMPLE, "step_size": 2 / 255}, None, BOTH),
-    "rem": ("rem", {**SAMPLE, "adv_steps": 2}, None, BOTH),
+    "rem": ("rem", {**SAMPLE, "adv_steps": 1}, None, BOTH),
     "mem": ("mem", {**SAMPLE, **TRIG}, None, BOTH),
     # the MMGuard ablation is white-box (the victim starts from the surrogate's initial weights)
     "mmguard_image": ("mmguard_image", MMG, None, WHITE),
@@ -52,7 +52,8 @@ ROWS = {
     "mmguard_bph_max": ("mmguard_bph_max", MMG, None, WHITE),
     "mmguard_crs_max": ("mmguard_crs_max", MMG, None, WHITE),
     # black-box: an ensemble of two other families protects against the tiny LLaVA victims
-    "mmguard_crs_blackbox": ("mmguard_crs", MMG, ("qwen2_vl", "gemma3"), BOTH),
+    # (BPH and 10 rounds: two surrogates of other families cost about twice a tiny LLaVA each)
+    "mmguard_bph_blackbox": ("mmguard_bph", {**MMG, "rounds": 10}, ("qwen2_vl", "gemma3"), BOTH),
 }
 
 
