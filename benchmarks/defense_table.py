@@ -142,7 +142,7 @@ def format_table(rows) -> str:
         white, gray = r.get("acc_white"), r.get("acc_gray")
         drop_w = None if clean is None or white is None else 100 * (clean["acc_white"] - white)
         drop_g = None if clean is None or gray is None else 100 * (clean["acc_gray"] - gray)
-        lines.append(f"| {r['row']} | {'+'.join(r['surrogates']) if r['defense'] != 'clean' else '-'} | "
+        lines.append(f"| {r['row']} | {'+'.join(r['surrogates']) if r['defense'] not in ('clean', 'random_noise') else '-'} | "
                      f"{f(white and 100 * white, '.1f')} | {f(drop_w, '+.1f')} | {f(gray and 100 * gray, '.1f')} | "
                      f"{f(drop_g, '+.1f')} | "
                      f"{f(r['psnr_db'], '.1f')} | {f(r['ssim'], '.3f')} | {r['trigger_words']:.1f} | "
