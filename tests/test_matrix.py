@@ -13,14 +13,17 @@ EMN = {"rounds": 1, "train_steps": 1, "pgd_steps": 1, "batch_size": 8, "pgd_batc
 def _spec(quality=10):
     return {
         "name": "unit",
-        "data": {"source": "digits", "image_size": 32, "limit": 36},
+        "data": {"source": "digits", "image_size": 32, "limit": 44, "attacker_clean": 8},
         "models": {"s": {"tiny": "llava", "seed": 0}, "v": {"tiny": "llava", "seed": 1},
                    "t": {"tiny": "timm", "seed": 0}},
         "defenses": [{"name": "random_noise"},
                      {"label": "emn", "name": "emn", "surrogates": ["s"], "config": EMN},
                      {"label": "mem-on-timm", "name": "mem", "surrogates": ["t"], "config": EMN}],
         "countermeasures": [{"label": "jpeg", "name": "jpeg", "config": {"quality": quality}},
-                            {"label": "lightshed-unfitted", "name": "lightshed"}],
+                            {"label": "lightshed", "name": "lightshed", "config": {"epochs": 2}},
+                            {"label": "mix+filter", "name": "mix_clean+trigger_filter",
+                             "config": {"mix_clean": {"ratio": 0.25}}},
+                            {"label": "filter", "name": "trigger_filter"}],
         "victims": ["s", "v"],
         "finetune": {"mode": "full", "epochs": 1, "batch_size": 16},
         "seeds": [0],
@@ -44,7 +47,7 @@ def first_run(tmp_path_factory):
 
 def test_rows_controls_errors_and_threat_models(first_run):
     out, rows = first_run
-    assert len(rows) == 4 * 3 * 2  # (clean + 3 defenses) x (none + 2) x 2 victims
+    assert len(rows) == 4 * 5 * 2  # (clean + 3 defenses) x (none + 4) x 2 victims
     by = {(r["defense"], r["countermeasure"], r["victim"]): r for r in rows}
     assert by[("clean", "none", "v")]["error"] is None and 0 <= by[("clean", "none", "v")]["accuracy"] <= 1
     assert by[("emn", "none", "s")]["threat_model"] == "white-box"
@@ -53,8 +56,16 @@ def test_rows_controls_errors_and_threat_models(first_run):
     # MEM needs text/token gradients a timm classifier lacks: error rows, the rest goes on
     mem = [r for r in rows if r["defense"] == "mem-on-timm"]
     assert all(r["stage"] == "protect" and "token_grad" in r["error"] for r in mem)
-    unfitted = [r for r in rows if r["countermeasure"] == "lightshed-unfitted"]
-    assert all(r["error"] for r in unfitted) and any(r["stage"] == "transform" for r in unfitted)
+    # LightShed imitates the row's own defense: the clean row has none -> an error cell at transform
+    assert all(r["stage"] == "transform" and "no defense to imitate" in r["error"]
+               for r in rows if r["defense"] == "clean" and r["countermeasure"] == "lightshed")
+    fitted = by[("emn", "lightshed", "v")]
+    assert fitted["error"] is None and 0 <= fitted["detection_auroc"] <= 1
+    assert by[("emn", "mix+filter", "v")]["error"] is None
+    assert by[("emn", "mix+filter", "v")]["trigger_filter_threshold"] is not None
+    # no defense here inserts words: the filter changes nothing and its cells reuse the 'none' fine-tunes
+    for d in ("clean", "random_noise", "emn"):
+        assert by[(d, "filter", "v")]["accuracy"] == by[(d, "none", "v")]["accuracy"]
     assert by[("emn", "jpeg", "s")]["psnr"] > 25 and by[("emn", "jpeg", "s")]["versions"]["torch"]
     md = (out / "results.md").read_text()
     assert "victim: v" in md and "error:" in md
@@ -94,8 +105,10 @@ def test_killed_run_resumes_to_the_same_table(first_run, tmp_path, monkeypatch):
     monkeypatch.setattr(FineTune, "__call__", original)
     rows = run_matrix(_spec(), out, progress=False)
     # killed in the 4th fine-tune (clean / jpeg / v): the clean cells' three fine-tunes and the clean
-    # set's JPEG transform had finished and are not recomputed; both protections come after the kill
-    assert _computed(out) == {"protect": 2, "transform": 3 - 1, "finetune": 12 - 3}
+    # set's JPEG transform had finished and are not recomputed; both protections come after the kill.
+    # Transforms: 3 (clean) + 4 + 4 (random, emn), the clean JPEG done; fine-tunes: 22 cells (the clean
+    # LightShed cells are errors, the unchanged 'filter' sets reuse 'none') minus 3 done
+    assert _computed(out) == {"protect": 2, "transform": 11 - 1, "finetune": 22 - 3}
     assert _acc(rows) == _acc(first_run[1])
 
 
@@ -117,6 +130,12 @@ def test_threat_model_labels():
     ({"countermeasures": [{"name": "jpeg", "config": {"qualty": 3}}]}, "unknown config key"),
     ({"colour": 1}, "unknown spec keys"),
     ({"metrics": ["vibes"]}, "unknown"),
+    ({"data": {"source": "digits"}, "countermeasures": [{"name": "trigger_filter"}]}, "set data.attacker_clean"),
+    ({"countermeasures": [{"name": "trigger_filter", "fit": {"runs": 2}}]}, r"fit: unknown keys \['runs'\]"),
+    ({"countermeasures": [{"name": "trigger_filter", "fit": {"scorer": "gpt"}}]}, "fit.scorer"),
+    ({"countermeasures": [{"name": "lightshed", "fit": {"defense": "tue"}}]}, "fit.defense"),
+    ({"countermeasures": [{"name": "lightshed", "fit": {"surrogates": ["q"]}}]}, "unknown model 'q'"),
+    ({"data": {"source": "digits", "attacker_clean": -3}}, "data.attacker_clean"),
 ])
 def test_bad_specs(patch, message):
     with pytest.raises((MatrixError, TypeError, ValueError), match=message):

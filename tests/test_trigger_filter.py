@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from toolkit import COUNTERMEASURES
+from toolkit.attacks import TriggerFilter
 from toolkit.data import VQADataset, VQASample
 
 
@@ -42,3 +43,31 @@ def test_victim_language_model_scores_text(llava):
     assert nll.shape == (2,) and torch.isfinite(nll).all() and (nll > 0).all()
     tf = COUNTERMEASURES.create("trigger_filter", quantile=0.9).fit(llava, CLEAN)
     assert tf.fitted_threshold is not None and isinstance(tf.filter("What digit is this?"), str)
+
+
+def test_ngram_scorer_filter_strips_an_inserted_trigger():
+    from toolkit.attacks.ngram import NgramLM
+    from toolkit.triggers import insert_trigger
+
+    clean = ["What digit is this?", "What digit is this ?", "what digit is this?"]
+    lm = NgramLM().fit(clean)
+    nll = lm.text_nll(["What digit is this?", "zebra What digit is this?"])
+    assert nll[1] > nll[0]  # an unseen word raises perplexity
+    f = TriggerFilter(quantile=1.0).fit(lm, clean)
+    question, _, _ = insert_trigger("What digit is this?", ["zebra", "quartz"], "start")
+    assert f.filter(question) == "What digit is this?"
+    assert f.filter("What digit is this?") == "What digit is this?"
+    with pytest.raises(RuntimeError, match="fit"):
+        NgramLM().text_nll(["x"])
+
+
+def test_trigger_removal_share_counts_removed_trigger_words():
+    from toolkit.data import VQADataset, VQASample
+    from toolkit.matrix import _trigger_removal
+
+    img = np.zeros((4, 4, 3), np.uint8)
+    released = VQADataset([VQASample("a", img, "zebra quartz What?", "x", meta={"trigger": {"words": ["zebra", "quartz"]}}),
+                           VQASample("b", img, "What?", "x")])
+    filtered = released.replace_samples([released[0].with_(question="quartz What?"), released[1]])
+    assert _trigger_removal(released, filtered) == {"trigger_removed": 0.5}
+    assert _trigger_removal(filtered.replace_samples([released[1]]), filtered) == {}

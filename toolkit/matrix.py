@@ -6,7 +6,10 @@ victims, the fine-tuning recipe and the seeds. :func:`run_matrix` walks the
 dependency graph with a content-addressed cache under ``OUT/cache``:
 
 - protect once per (defense config, surrogates, data, seed) -> a release folder;
-- transform once per (protected set, countermeasure, seed) -> a release folder;
+- transform once per (protected set, countermeasure, seed) -> a release folder
+  (countermeasures that must be fitted, ``trigger_filter``, ``mix_clean`` and
+  ``lightshed``, are fitted there on the attacker's own clean share of the
+  training data, ``data.attacker_clean`` samples split off before protection);
 - fine-tune + evaluate once per (training set, victim, recipe, seed) -> a JSON result.
 
 Every cached item is written atomically, so a killed run resumes where it
@@ -34,6 +37,7 @@ from importlib import resources as ilr
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 from tqdm.auto import tqdm
 
 __all__ = ["MatrixSpec", "DefenseSpec", "CountermeasureSpec", "run_matrix", "threat_model", "load_spec",
@@ -67,6 +71,11 @@ class CountermeasureSpec:
     label: str
     name: Optional[str]
     config: Dict[str, Any] = field(default_factory=dict)
+    fit: Dict[str, Any] = field(default_factory=dict)
+
+
+#: ``fit`` keys each fitted countermeasure understands (see :meth:`_Runner.fit_countermeasure`)
+FIT_KEYS = {"trigger_filter": {"scorer"}, "mix_clean": set(), "lightshed": {"defense", "surrogates", "runs"}}
 
 
 @dataclass(frozen=True)
@@ -118,17 +127,36 @@ class MatrixSpec:
         labels = [d.label for d in defenses]
         if len(set(labels)) != len(labels):
             raise MatrixError(f"defense labels must be unique, got {labels}")
+        data = dict(spec.get("data") or {"source": "digits"})
+        attacker_clean = data.get("attacker_clean", 0)
+        if not isinstance(attacker_clean, int) or attacker_clean < 0:
+            raise MatrixError(f"data.attacker_clean: a sample count >= 0, got {attacker_clean!r}")
         cms = [CountermeasureSpec("none", None)]
         for i, c in enumerate(spec.get("countermeasures") or []):
             name = c.get("name")
             try:
-                COUNTERMEASURES.create(name, **(c.get("config") or {}))
+                made = COUNTERMEASURES.create(name, **(c.get("config") or {}))
             except (KeyError, TypeError, ValueError) as exc:
                 raise MatrixError(f"countermeasures[{i}]: {exc}") from None
             label = c.get("label") or name
             if label == "none":
                 raise MatrixError("the label 'none' is reserved for the no-countermeasure control")
-            cms.append(CountermeasureSpec(label, name, dict(c.get("config") or {})))
+            fit = dict(c.get("fit") or {})
+            fitted = [m.name for m in getattr(made, "transforms", [made]) if getattr(m, "needs_fit", False)]
+            if fitted and not attacker_clean:
+                raise MatrixError(f"countermeasures[{i}] ({label}): {fitted} must be fitted on the attacker's own "
+                                  "clean data; set data.attacker_clean to a sample count")
+            known = set().union(*(FIT_KEYS.get(n, set()) for n in fitted)) if fitted else set()
+            if set(fit) - known:
+                raise MatrixError(f"countermeasures[{i}].fit: unknown keys {sorted(set(fit) - known)}; "
+                                  f"valid here: {sorted(known)}")
+            scorer = fit.get("scorer", "ngram")
+            if scorer != "ngram" and scorer not in models:
+                raise MatrixError(f"countermeasures[{i}].fit.scorer: 'ngram' or a model name, got {scorer!r}")
+            for s_name in fit.get("surrogates") or ():
+                if s_name not in models:
+                    raise MatrixError(f"countermeasures[{i}].fit.surrogates: unknown model {s_name!r}")
+            cms.append(CountermeasureSpec(label, name, dict(c.get("config") or {}), fit))
         victims = tuple(spec.get("victims") or ())
         if not victims:
             raise MatrixError("victims: give at least one model name")
@@ -140,7 +168,11 @@ class MatrixSpec:
         if bad:
             raise MatrixError(f"metrics: unknown {bad}; known: {list(METRIC_NAMES)}")
         seeds = tuple(int(s) for s in (spec.get("seeds") or (0,)))
-        return cls(str(spec.get("name", "matrix")), dict(spec.get("data") or {"source": "digits"}), models,
+        for i, c in enumerate(cms):
+            if c.fit.get("defense", "same") not in ("same", *labels):
+                raise MatrixError(f"countermeasures[{i - 1}].fit.defense: 'same' or a defense label, "
+                                  f"got {c.fit['defense']!r}")
+        return cls(str(spec.get("name", "matrix")), data, models,
                    tuple(defenses), tuple(cms), victims, dict(spec.get("finetune") or {}), metrics, seeds)
 
 
@@ -255,14 +287,28 @@ class _Runner:
         return load_surrogate(self.model_folder(name), device=self.device, dtype=self.dtype)
 
     def data(self, seed: int):
+        """(owner's training split, test split, attacker's clean share or None) for ``seed``.
+
+        With ``data.attacker_clean: N``, N training samples (seeded choice) are the
+        attacker's own clean data, disjoint from what the owner protects.
+        """
         from .data import load_dataset
         from .digits import load_digits_vqa
 
         d = self.spec.data
         if d.get("source", "digits") == "digits":
-            return load_digits_vqa(image_size=int(d.get("image_size", 32)), seed=seed, limit=int(d.get("limit", 0)),
-                                   task=d.get("task", "digit"))
-        return load_dataset(d["train"]), load_dataset(d["test"])
+            train, test = load_digits_vqa(image_size=int(d.get("image_size", 32)), seed=seed,
+                                          limit=int(d.get("limit", 0)), task=d.get("task", "digit"))
+        else:
+            train, test = load_dataset(d["train"]), load_dataset(d["test"])
+        n_att = int(d.get("attacker_clean", 0))
+        if not n_att:
+            return train, test, None
+        if n_att >= len(train):
+            raise MatrixError(f"data.attacker_clean={n_att} leaves no training data (the split has {len(train)})")
+        order = np.random.default_rng(seed).permutation(len(train))
+        owner = train.replace_samples([train[i] for i in sorted(order[n_att:])], f"{train.name}-owner")
+        return owner, test, train.replace_samples([train[i] for i in sorted(order[:n_att])], "attacker-clean")
 
     # ----------------------------------------------------------------- stages
     def protect(self, dspec: DefenseSpec, train, seed: int) -> Tuple[str, Dict[str, Any]]:
@@ -288,24 +334,99 @@ class _Runner:
             self.cache.commit("protect", key, build)
         return key, self.cache.meta("protect", key)
 
-    def transform(self, source_key: str, released, cm: CountermeasureSpec, seed: int) -> Tuple[str, Dict[str, Any]]:
+    def fit_identity(self, cm: CountermeasureSpec, dspec: DefenseSpec) -> Dict[str, Any]:
+        """What a fitted countermeasure's result depends on beyond the protected set (for the cache key)."""
+        if not cm.fit and not self.spec.data.get("attacker_clean"):
+            return {}
+        ident: Dict[str, Any] = {"fit": cm.fit, "attacker_clean": self.spec.data.get("attacker_clean")}
+        scorer = cm.fit.get("scorer", "ngram")
+        if scorer != "ngram":
+            ident["scorer"] = self.model_identity(scorer)
+        imitated = self.imitated_defense(cm, dspec)
+        if imitated is not None:
+            ident["defense"] = [imitated.name, imitated.config, imitated.weights]
+        names = cm.fit.get("surrogates") or (imitated.surrogates if imitated is not None else ())
+        ident["surrogates"] = [self.model_identity(n) for n in names]
+        return ident
+
+    def imitated_defense(self, cm: CountermeasureSpec, dspec: DefenseSpec) -> Optional[DefenseSpec]:
+        """The defense a LightShed column imitates: the row's own (``same``) or a named row."""
+        label = cm.fit.get("defense", "same")
+        return dspec if label == "same" else next(d for d in self.spec.defenses if d.label == label)
+
+    def fit_countermeasure(self, transform, cm: CountermeasureSpec, dspec: DefenseSpec, attacker_clean, seed: int,
+                           owner_train, released) -> Dict[str, Any]:
+        """Fit every member of ``transform`` that needs it on the attacker's clean data; returns fit metrics.
+
+        - ``trigger_filter``: scorer = an :class:`NgramLM` fitted on the attacker's clean
+          questions (``fit.scorer: ngram``, default) or a named model's language model;
+          threshold fitted on the same questions.
+        - ``mix_clean``: the attacker's clean samples.
+        - ``lightshed``: the attacker re-runs the imitated defense (``fit.defense``: the row's
+          own or a label) with seed + 1000 on its clean images, with ``fit.surrogates`` (default
+          the defense's own surrogate models), ``fit.runs`` times; reports the detector's AUROC
+          on the owner's released vs original training images.
+        """
+        from .attacks.ngram import NgramLM
+        from .defenses import DEFENSES
+        from sklearn.metrics import roc_auc_score
+
+        from .surrogates import Ensemble
+
+        info: Dict[str, Any] = {}
+        for member in getattr(transform, "transforms", [transform]):
+            if not getattr(member, "needs_fit", False):
+                continue
+            if member.name == "mix_clean":
+                member.fit(attacker_clean)
+            elif member.name == "trigger_filter":
+                questions = [s.question for s in attacker_clean]
+                scorer_name = cm.fit.get("scorer", "ngram")
+                scorer = NgramLM().fit(questions) if scorer_name == "ngram" else self.load(scorer_name)
+                member.fit(scorer, questions)
+                info["trigger_filter_threshold"] = member.fitted_threshold
+            elif member.name == "lightshed":
+                imitated = self.imitated_defense(cm, dspec)
+                if imitated.name is None:
+                    raise ValueError("lightshed: the clean row has no defense to imitate; name a defense row "
+                                     "with fit.defense")
+                defense = DEFENSES.create(imitated.name, **{**imitated.config, "seed": seed + 1000})
+                models = [self.load(n) for n in (cm.fit.get("surrogates") or imitated.surrogates)]
+                if imitated.weights is not None and not cm.fit.get("surrogates"):
+                    models = [Ensemble(models, imitated.weights)]
+                member.fit(defense, attacker_clean, models, runs=int(cm.fit.get("runs", 1)))
+                scores = list(member.score(released)) + list(member.score(owner_train))
+                info["detection_auroc"] = float(roc_auc_score([1] * len(released) + [0] * len(owner_train), scores))
+            else:
+                raise ValueError(f"{member.name}: the matrix runner does not know how to fit it")
+        return info
+
+    def transform(self, source_key: str, released, cm: CountermeasureSpec, seed: int, dspec: DefenseSpec,
+                  owner_train, attacker_clean) -> Tuple[str, Dict[str, Any]]:
         from .attacks import COUNTERMEASURES
         from .defenses.base import Protection
         from .release import write_release
 
-        key = _hash("transform", source_key, cm.name, cm.config, seed)
+        key = _hash("transform", source_key, cm.name, cm.config, seed, self.fit_identity(cm, dspec))
         if not self.cache.has("transform", key):
             def build(tmp: Path) -> Dict[str, Any]:
                 t0 = time.perf_counter()
                 transform = COUNTERMEASURES.create(cm.name, **cm.config)
                 if getattr(transform, "training_side", False):
                     return {"seconds": 0.0, "training_side": True}
+                info = self.fit_countermeasure(transform, cm, dspec, attacker_clean, seed, owner_train, released)
                 data = transform(released)
+                info.update(_trigger_removal(released, data))
+                # a transform that changed nothing (a trigger filter on trigger-free questions) trains
+                # exactly what its source trains: the fine-tune stage then reuses the source's cell
+                info["unchanged"] = len(data) == len(released) and all(
+                    a.id == b.id and a.question == b.question and a.answer == b.answer
+                    and np.array_equal(a.image, b.image) for a, b in zip(released, data))
                 seconds = time.perf_counter() - t0
                 write_release(Protection(dataset=data, source=released, defense=cm.name, config=cm.config),
                               tmp / "release")
                 self.counters["transform"] += 1
-                return {"seconds": seconds, "training_side": False}
+                return {"seconds": seconds, "training_side": False, **info}
             self.cache.commit("transform", key, build)
         return key, self.cache.meta("transform", key)
 
@@ -355,6 +476,27 @@ def _stealth(train, released, metrics: Sequence[str]) -> Dict[str, Any]:
     return out
 
 
+def _trigger_removal(released, transformed) -> Dict[str, Any]:
+    """Share of the inserted trigger words a text countermeasure removed (empty when nothing was inserted).
+
+    Samples are matched by id; a trigger word counts as removed when the
+    transformed question holds fewer copies of it than the released one.
+    """
+    from collections import Counter
+
+    after = {s.id: Counter(s.question.split()) for s in transformed}
+    total = removed = 0
+    for s in released:
+        trig = s.meta.get("trigger")
+        if not trig or s.id not in after:
+            continue
+        before = Counter(s.question.split())
+        for w, n in Counter(trig["words"]).items():
+            total += n
+            removed += min(n, max(0, before[w] - after[s.id][w]))
+    return {"trigger_removed": removed / total} if total else {}
+
+
 def _edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
     """Word-level Levenshtein distance."""
     prev = list(range(len(b) + 1))
@@ -382,7 +524,7 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
     total = len(spec.seeds) * len(spec.defenses) * len(spec.countermeasures) * len(spec.victims)
     bar = tqdm(total=total, desc=f"matrix {spec.name}", disable=not progress)
     for seed in spec.seeds:
-        train, test = runner.data(seed)
+        train, test, attacker_clean = runner.data(seed)
         for v in spec.victims:
             runner.model_folder(v)
         for dspec in spec.defenses:
@@ -419,9 +561,13 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
                         if cm.name is None:
                             tkey, training_set = pkey, released
                         else:
-                            tkey, tmeta = runner.transform(pkey, released, cm, seed)
+                            tkey, tmeta = runner.transform(pkey, released, cm, seed, dspec, train, attacker_clean)
+                            row.update({k: tmeta[k] for k in ("detection_auroc", "trigger_removed",
+                                                              "trigger_filter_threshold") if k in tmeta})
                             if tmeta["training_side"]:
                                 training_set, training_cm = released, cm
+                            elif tmeta.get("unchanged"):
+                                tkey, training_set = pkey, released
                             else:
                                 training_set = read_release(runner.cache.path("transform", tkey) / "release")
                             row["transform_seconds"] = tmeta.get("seconds", 0.0)

@@ -5,11 +5,12 @@ from .image_transforms import BitDepth, GaussianBlur, Grayscale, MedianFilter, R
 from .jpeg import JPEG
 from .lightshed import LightShed, PerturbationEstimator
 from .mixing import MixClean
+from .ngram import NgramLM
 from .purification import DiffusionPurification, train_purifier
 from .text_transforms import Lowercase, Punctuation, Whitespace
 from .trigger_filter import TriggerFilter
 from .training import AdversarialTraining, HeavyAugmentation, TrainingCountermeasure
 
-__all__ = ["COUNTERMEASURES", "Transform", "Chain", "JPEG", "TriggerFilter", "DiffusionPurification", "train_purifier", "LightShed", "PerturbationEstimator", "MixClean", "Grayscale", "BitDepth", "GaussianBlur",
+__all__ = ["COUNTERMEASURES", "Transform", "Chain", "JPEG", "TriggerFilter", "DiffusionPurification", "train_purifier", "LightShed", "PerturbationEstimator", "MixClean", "NgramLM", "Grayscale", "BitDepth", "GaussianBlur",
            "MedianFilter", "Resize", "RandomCropPad", "Punctuation", "Lowercase", "Whitespace", "FineTune",
            "FineTuneResult", "TrainingCountermeasure", "AdversarialTraining", "HeavyAugmentation"]

@@ -53,6 +53,8 @@ class Transform(ABC):
 
     Config: ClassVar[type] = Config
     name: ClassVar[str]
+    #: True when the transform must be fitted (on the attacker's own data) before use
+    needs_fit: ClassVar[bool] = False
 
     def __init__(self, **config: Any) -> None:
         self.config = make_config(self.Config, f"countermeasure {getattr(self, 'name', type(self).__name__)!r}",

@@ -65,6 +65,8 @@ class LightShed(Transform):
     ``ssim_weight``, ``seed``. ``score(samples)`` returns detection scores.
     """
 
+    needs_fit = True
+
     @dataclass(frozen=True, kw_only=True)
     class Config(Config):
         epochs: int = 40

@@ -22,6 +22,8 @@ class MixClean(Transform):
     ``ratio=0`` is the identity. Seeded choice of which samples are swapped.
     """
 
+    needs_fit = True
+
     @dataclass(frozen=True, kw_only=True)
     class Config(Config):
         ratio: float = 0.2

@@ -4,8 +4,8 @@ For each word w of a question, the suspicion score is how much removing w lowers
 the language model's log-perplexity of the question: f(w) = nll(q) - nll(q without w).
 Inserted trigger words are unnatural, so removing them lowers perplexity a lot.
 The threshold is fitted on clean questions the attacker owns: the
-``quantile`` of f over all clean words, so only that share of clean words would
-be dropped. Any scorer with ``text_nll(texts) -> (N,)`` works; the victim's own
+``quantile`` of f over all clean words (at least 0), so at most that share of
+clean words would be dropped. Any scorer with ``text_nll(texts) -> (N,)`` works; the victim's own
 language model can serve (:meth:`HFVisionLanguageSurrogate.text_nll`).
 """
 from __future__ import annotations
@@ -29,6 +29,8 @@ class TriggerFilter(Transform):
     Use: ``TriggerFilter(quantile=0.99).fit(scorer, clean_questions)(dataset)``.
     ``threshold`` (if > 0) fixes the threshold instead of fitting it.
     """
+
+    needs_fit = True
 
     @dataclass(frozen=True, kw_only=True)
     class Config(Config):
@@ -62,7 +64,8 @@ class TriggerFilter(Transform):
             scores = [f for q in clean_questions for f in self.suspicion(q)]
             if not scores:
                 raise ValueError("trigger_filter: need clean questions with at least two words to fit")
-            self.fitted_threshold = float(np.quantile(scores, self.config.quantile))
+            # never below 0: a word is only dropped when removing it lowers the perplexity
+            self.fitted_threshold = max(0.0, float(np.quantile(scores, self.config.quantile)))
         return self
 
     def filter(self, question: str) -> str:
