@@ -150,3 +150,12 @@ def test_packaged_demo_spec_and_cli_report(first_run, capsys):
     assert main(["report", str(out)]) == 0
     assert (out / "results.md").is_file() and "victim: s" in capsys.readouterr().out
     assert read_rows(out)
+
+
+def test_second_spec_shares_the_cache(first_run, tmp_path):
+    out, rows = first_run
+    spec = {**_spec(), "name": "subset", "countermeasures": [{"label": "jpeg", "name": "jpeg", "config": {"quality": 10}}]}
+    spec["defenses"] = spec["defenses"][1:2]
+    again = run_matrix(spec, tmp_path / "c", progress=False, cache=out / "cache")
+    assert _computed(tmp_path / "c") == {"protect": 0, "transform": 0, "finetune": 0}
+    assert _acc(again).items() <= _acc(rows).items()

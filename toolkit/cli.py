@@ -81,7 +81,8 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
     from .matrix import run_matrix
     from .reports import format_markdown, aggregate
 
-    rows = run_matrix(args.spec, args.out, progress=not args.quiet, device=args.device, dtype=args.dtype)
+    rows = run_matrix(args.spec, args.out, progress=not args.quiet, device=args.device, dtype=args.dtype,
+                      cache=args.cache)
     print(format_markdown(aggregate(rows)))
     print(f"rows, tables and heatmaps in {args.out}")
     return 0
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     matrix = sub.add_parser("matrix", help="run (or resume) a defense x countermeasure x victim matrix")
     matrix.add_argument("spec", help="YAML spec file, or the name of a packaged spec (demo)")
     matrix.add_argument("--out", required=True, help="run folder (cache, rows.jsonl, reports)")
+    matrix.add_argument("--cache", default=None,
+                        help="cache folder (default OUT/cache); content-addressed, so specs can share one")
     matrix.add_argument("--device", default="cpu")
     matrix.add_argument("--dtype", default="float32")
     matrix.add_argument("--quiet", action="store_true")

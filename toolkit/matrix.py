@@ -239,10 +239,11 @@ class _Cache:
 
 
 class _Runner:
-    def __init__(self, spec: MatrixSpec, out: Path, progress: bool, device: str, dtype: str) -> None:
+    def __init__(self, spec: MatrixSpec, out: Path, progress: bool, device: str, dtype: str,
+                 cache: Optional[Path] = None) -> None:
         self.spec, self.out, self.progress = spec, out, progress
         self.device, self.dtype = device, dtype
-        self.cache = _Cache(out / "cache")
+        self.cache = _Cache(cache if cache is not None else out / "cache")
         self.folders: Dict[str, Path] = {}
         self.families: Dict[str, str] = {}
         self.counters = {"protect": 0, "transform": 0, "finetune": 0}
@@ -509,8 +510,13 @@ def _edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
 
 
 def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: Union[str, os.PathLike], *,
-               progress: bool = True, device: str = "cpu", dtype: str = "float32") -> List[Dict[str, Any]]:
-    """Run (or resume) a matrix into ``out``; returns the rows (also in ``out/rows.jsonl``) and renders reports."""
+               progress: bool = True, device: str = "cpu", dtype: str = "float32",
+               cache: Optional[Union[str, os.PathLike]] = None) -> List[Dict[str, Any]]:
+    """Run (or resume) a matrix into ``out``; returns the rows (also in ``out/rows.jsonl``) and renders reports.
+
+    ``cache`` (default ``out/cache``) may be shared between specs: keys are content hashes, so a
+    second spec with the same protections, data and seeds reuses them.
+    """
     from .release import package_versions, read_release
     from .reports import write_reports
 
@@ -518,7 +524,7 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
         spec = MatrixSpec.from_dict(spec) if isinstance(spec, dict) else load_spec(spec)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runner = _Runner(spec, out, progress, device, dtype)
+    runner = _Runner(spec, out, progress, device, dtype, Path(cache) if cache is not None else None)
     versions = package_versions()
     rows: List[Dict[str, Any]] = []
     total = len(spec.seeds) * len(spec.defenses) * len(spec.countermeasures) * len(spec.victims)
