@@ -14,14 +14,41 @@ of resampling arithmetic
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DifferentiableClipProcessor", "round_ste", "resize_like_pil"]
+__all__ = ["DifferentiableClipProcessor", "round_ste", "resize_like_pil", "normalisation_settings",
+           "lenient_resample_mode"]
 
+#: PIL resample code -> torch interpolation mode; codes torch cannot reproduce (LANCZOS, BOX, HAMMING)
+#: fall back to bicubic / bilinear, as transformers' torchvision backend does on GPU
 _MODES = {0: "nearest", 2: "bilinear", 3: "bicubic", 1: "bicubic", 4: "bilinear", 5: "bicubic"}
+
+
+def lenient_resample_mode(image_processor, default: int = 3) -> str:
+    """Torch interpolation mode of a processor's PIL ``resample`` code (bicubic for unknown codes)."""
+    resample = getattr(image_processor, "resample", default)
+    return _MODES.get(int(getattr(resample, "value", resample)), "bicubic")
+
+
+def normalisation_settings(image_processor, resize: bool = True) -> Dict[str, Any]:
+    """The rescale / normalise fields (and ``do_resize`` when ``resize``) every processor copy reads.
+
+    Returns ``rescale_factor`` (float), ``mean`` / ``std`` (tuples of floats) and the
+    ``do_*`` switches, with transformers' defaults where the processor lacks them.
+    """
+    out: Dict[str, Any] = {
+        "rescale_factor": float(getattr(image_processor, "rescale_factor", 1 / 255)),
+        "mean": tuple(float(v) for v in image_processor.image_mean),
+        "std": tuple(float(v) for v in image_processor.image_std),
+        "do_rescale": bool(getattr(image_processor, "do_rescale", True)),
+        "do_normalize": bool(getattr(image_processor, "do_normalize", True)),
+    }
+    if resize:
+        out["do_resize"] = bool(getattr(image_processor, "do_resize", True))
+    return out
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -88,19 +115,12 @@ class DifferentiableClipProcessor:
         """Read the settings of a transformers CLIP-style image processor."""
         size = dict(getattr(image_processor, "size", None) or {})
         crop = dict(getattr(image_processor, "crop_size", None) or {})
-        resample = getattr(image_processor, "resample", 3)
-        resample = int(getattr(resample, "value", resample))
         return cls(
             size=(size.get("height"), size.get("width")),
             shortest_edge=size.get("shortest_edge"),
             crop=(crop["height"], crop["width"]) if getattr(image_processor, "do_center_crop", False) and crop else None,
-            mode=_MODES.get(resample, "bicubic"),
-            rescale_factor=float(getattr(image_processor, "rescale_factor", 1 / 255)),
-            mean=tuple(float(v) for v in image_processor.image_mean),
-            std=tuple(float(v) for v in image_processor.image_std),
-            do_resize=bool(getattr(image_processor, "do_resize", True)),
-            do_rescale=bool(getattr(image_processor, "do_rescale", True)),
-            do_normalize=bool(getattr(image_processor, "do_normalize", True)),
+            mode=lenient_resample_mode(image_processor),
+            **normalisation_settings(image_processor),
         )
 
     @property

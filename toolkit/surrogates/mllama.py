@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from .hf_lvlm import HFVisionLanguageSurrogate, TokenBatch
 from .registry import SURROGATES
+from .image_processing import normalisation_settings
 from .tv_processing import native_uint8_resize, resample_mode, resize_like_torchvision, strip_template_bos
 
 __all__ = ["MllamaSurrogate", "DifferentiableMllamaProcessor", "TileLayout", "wake_mllama_gates"]
@@ -121,11 +122,7 @@ class DifferentiableMllamaProcessor:
         mode = resample_mode(image_processor)
         return cls(
             tile=int(size["height"]), max_tiles=int(image_processor.max_image_tiles), mode=mode,
-            rescale_factor=float(getattr(image_processor, "rescale_factor", 1 / 255)),
-            mean=tuple(float(v) for v in image_processor.image_mean),
-            std=tuple(float(v) for v in image_processor.image_std),
-            do_rescale=bool(getattr(image_processor, "do_rescale", True)),
-            do_normalize=bool(getattr(image_processor, "do_normalize", True)),
+            **normalisation_settings(image_processor, resize=False),
             native_uint8=native_uint8_resize(mode),
         )
 

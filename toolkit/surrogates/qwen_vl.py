@@ -22,17 +22,13 @@ from typing import Any, Dict, Tuple
 import torch
 
 from .hf_lvlm import HFVisionLanguageSurrogate
-from .image_processing import resize_like_pil
+from .image_processing import lenient_resample_mode, normalisation_settings, resize_like_pil
 from .regions import grid_regions
 from .registry import SURROGATES
 
 __all__ = ["DifferentiablePatchProcessor", "PatchMergeSurrogate", "QwenVLSurrogate", "Qwen25VLSurrogate",
            "Qwen3VLSurrogate", "qwen_smart_resize"]
 
-
-#: PIL resample code -> torch interpolation mode (Qwen and GLM processors use 3, bicubic; codes torch
-#: cannot reproduce, such as LANCZOS, fall back to bicubic as transformers' torchvision backend does on GPU).
-_RESAMPLE_MODES = {0: "nearest", 1: "bicubic", 2: "bilinear", 3: "bicubic", 4: "bilinear", 5: "bicubic"}
 
 
 def qwen_smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> Tuple[int, int]:
@@ -100,21 +96,14 @@ class DifferentiablePatchProcessor:
     def from_hf(cls, image_processor) -> "DifferentiablePatchProcessor":
         """Read the settings of a transformers Qwen2-VL style image processor."""
         size = image_processor.size
-        resample = getattr(image_processor, "resample", 3)
-        resample = int(getattr(resample, "value", resample))
         return cls(
             patch_size=int(image_processor.patch_size),
             merge_size=int(image_processor.merge_size),
             temporal_patch_size=int(image_processor.temporal_patch_size),
             min_pixels=int(_size_field(size, "shortest_edge")),
             max_pixels=int(_size_field(size, "longest_edge")),
-            mode=_RESAMPLE_MODES.get(resample, "bicubic"),
-            rescale_factor=float(getattr(image_processor, "rescale_factor", 1 / 255)),
-            mean=tuple(float(v) for v in image_processor.image_mean),
-            std=tuple(float(v) for v in image_processor.image_std),
-            do_resize=bool(getattr(image_processor, "do_resize", True)),
-            do_rescale=bool(getattr(image_processor, "do_rescale", True)),
-            do_normalize=bool(getattr(image_processor, "do_normalize", True)),
+            mode=lenient_resample_mode(image_processor),
+            **normalisation_settings(image_processor),
         )
 
     @property

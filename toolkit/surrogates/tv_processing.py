@@ -22,6 +22,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .image_processing import normalisation_settings
+
 __all__ = ["round_half_up_ste", "round_ste_half_even", "native_uint8_resize", "resize_like_torchvision", "resample_mode",
            "DifferentiableFixedSizeProcessor", "strip_template_bos"]
 
@@ -127,12 +129,7 @@ class DifferentiableFixedSizeProcessor:
         return cls(
             size=(int(size["height"]), int(size["width"])),
             mode=mode,
-            rescale_factor=float(getattr(image_processor, "rescale_factor", 1 / 255)),
-            mean=tuple(float(v) for v in image_processor.image_mean),
-            std=tuple(float(v) for v in image_processor.image_std),
-            do_resize=bool(getattr(image_processor, "do_resize", True)),
-            do_rescale=bool(getattr(image_processor, "do_rescale", True)),
-            do_normalize=bool(getattr(image_processor, "do_normalize", True)),
+            **normalisation_settings(image_processor),
             native_uint8=native_uint8_resize(mode),
         )
 
