@@ -75,7 +75,7 @@ def test_rows_controls_errors_and_threat_models(first_run):
 def test_rerun_hits_cache(first_run):
     out, rows = first_run
     again = run_matrix(_spec(), out, progress=False)
-    assert _computed(out) == {"protect": 0, "transform": 0, "finetune": 0}
+    assert _computed(out) == {"protect": 0, "transform": 0, "pretrain": 0, "finetune": 0}
     assert _acc(again) == _acc(rows)
 
 
@@ -83,7 +83,7 @@ def test_changed_config_misses_only_what_depends_on_it(first_run, tmp_path):
     out, _ = first_run
     run_matrix(_spec(quality=30), out, progress=False)
     # jpeg quality changed: 3 protected sets re-transformed (clean, random, emn), 6 fine-tunes; no protect
-    assert _computed(out) == {"protect": 0, "transform": 3, "finetune": 6}
+    assert _computed(out) == {"protect": 0, "transform": 3, "pretrain": 0, "finetune": 6}
 
 
 def test_killed_run_resumes_to_the_same_table(first_run, tmp_path, monkeypatch):
@@ -108,7 +108,7 @@ def test_killed_run_resumes_to_the_same_table(first_run, tmp_path, monkeypatch):
     # set's JPEG transform had finished and are not recomputed; both protections come after the kill.
     # Transforms: 3 (clean) + 4 + 4 (random, emn), the clean JPEG done; fine-tunes: 22 cells (the clean
     # LightShed cells are errors, the unchanged 'filter' sets reuse 'none') minus 3 done
-    assert _computed(out) == {"protect": 2, "transform": 11 - 1, "finetune": 22 - 3}
+    assert _computed(out) == {"protect": 2, "transform": 11 - 1, "pretrain": 0, "finetune": 22 - 3}
     assert _acc(rows) == _acc(first_run[1])
 
 
@@ -136,6 +136,12 @@ def test_threat_model_labels():
     ({"countermeasures": [{"name": "lightshed", "fit": {"defense": "tue"}}]}, "fit.defense"),
     ({"countermeasures": [{"name": "lightshed", "fit": {"surrogates": ["q"]}}]}, "unknown model 'q'"),
     ({"data": {"source": "digits", "attacker_clean": -3}}, "data.attacker_clean"),
+    ({"finetune": {"mode": "sideways"}}, "finetune:"),
+    ({"finetune": {"pretrain": {"task": "chess"}}}, "finetune.pretrain.task"),
+    ({"finetune": {"pretrain": {"task": "numeral", "data": "x.jsonl"}}}, "exactly one of"),
+    ({"data": {"source": "digits"}, "countermeasures": [], "finetune": {"pretrain": {"task": "numeral"}}},
+     "set data.attacker_clean"),
+    ({"finetune": {"pretrain": {"task": "numeral", "epoch": 3}}}, "finetune.pretrain"),
 ])
 def test_bad_specs(patch, message):
     with pytest.raises((MatrixError, TypeError, ValueError), match=message):
@@ -157,5 +163,19 @@ def test_second_spec_shares_the_cache(first_run, tmp_path):
     spec = {**_spec(), "name": "subset", "countermeasures": [{"label": "jpeg", "name": "jpeg", "config": {"quality": 10}}]}
     spec["defenses"] = spec["defenses"][1:2]
     again = run_matrix(spec, tmp_path / "c", progress=False, cache=out / "cache")
-    assert _computed(tmp_path / "c") == {"protect": 0, "transform": 0, "finetune": 0}
+    assert _computed(tmp_path / "c") == {"protect": 0, "transform": 0, "pretrain": 0, "finetune": 0}
     assert _acc(again).items() <= _acc(rows).items()
+
+
+def test_pretrained_victim_recipe(tmp_path):
+    """A victim pretrained on a disjoint task (numerals of the attacker's images) before LoRA."""
+    spec = {**_spec(), "name": "pretrain", "countermeasures": [],
+            "defenses": [{"name": "random_noise"}], "victims": ["v"],
+            "finetune": {"mode": "lora", "epochs": 1, "batch_size": 16,
+                         "pretrain": {"task": "numeral", "epochs": 1, "batch_size": 8}}}
+    rows = run_matrix(spec, tmp_path / "p", progress=False)
+    assert all(r["error"] is None for r in rows) and len(rows) == 2
+    # one pretraining per (victim, seed), shared by both training sets
+    assert _computed(tmp_path / "p") == {"protect": 1, "transform": 0, "pretrain": 1, "finetune": 2}
+    folder = next((tmp_path / "p" / "cache" / "pretrain").iterdir()) / "model"
+    assert (folder / "config.json").is_file()

@@ -22,6 +22,7 @@ DIGITS_QUESTION = "What digit is this?"
 TASKS = {
     "digit": (DIGITS_QUESTION, lambda d: DIGIT_WORDS[d]),
     "parity": ("Is the number in the image even or odd?", lambda d: "even" if d % 2 == 0 else "odd"),
+    "numeral": ("Which number is shown? Answer with the numeral.", lambda d: str(d)),
 }
 
 
@@ -34,8 +35,9 @@ def load_digits_vqa(image_size: int = 32, test_fraction: float = 1 / 3, seed: in
         test_fraction: share of each digit class held out for the clean test split.
         seed: seed of the split permutation.
         limit: if > 0, keep at most this many samples in total (stratified), for quick runs.
-        task: ``"digit"`` (name the digit) or ``"parity"`` (even/odd; a related but disjoint
-            task, e.g. to pretrain a victim before it meets the protected data).
+        task: ``"digit"`` (name the digit), ``"parity"`` (even/odd) or ``"numeral"`` (the digit
+            as "0".."9"): the last two are related but disjoint tasks (other question, other
+            answer words), e.g. to pretrain a victim before it meets the protected data.
     """
     from sklearn.datasets import load_digits
 

@@ -168,12 +168,41 @@ class MatrixSpec:
         if bad:
             raise MatrixError(f"metrics: unknown {bad}; known: {list(METRIC_NAMES)}")
         seeds = tuple(int(s) for s in (spec.get("seeds") or (0,)))
+        finetune = dict(spec.get("finetune") or {})
+        _check_finetune(finetune, data)
         for i, c in enumerate(cms):
             if c.fit.get("defense", "same") not in ("same", *labels):
                 raise MatrixError(f"countermeasures[{i - 1}].fit.defense: 'same' or a defense label, "
                                   f"got {c.fit['defense']!r}")
         return cls(str(spec.get("name", "matrix")), data, models,
-                   tuple(defenses), tuple(cms), victims, dict(spec.get("finetune") or {}), metrics, seeds)
+                   tuple(defenses), tuple(cms), victims, finetune, metrics, seeds)
+
+
+def _check_finetune(finetune: Dict[str, Any], data: Dict[str, Any]) -> None:
+    """Validate the recipe (``FineTune`` fields) and its optional ``pretrain`` stage before any work."""
+    from .attacks import FineTune
+    from .digits import TASKS
+
+    pre = finetune.get("pretrain")
+    try:
+        FineTune(**{k: v for k, v in finetune.items() if k != "pretrain"})
+    except (TypeError, ValueError) as exc:
+        raise MatrixError(f"finetune: {exc}") from None
+    if pre is None:
+        return
+    if not isinstance(pre, dict) or ("task" in pre) == ("data" in pre):
+        raise MatrixError("finetune.pretrain: give exactly one of 'task: NAME' (digits) or 'data: FILE'")
+    if "task" in pre:
+        if data.get("source", "digits") != "digits" or pre["task"] not in TASKS:
+            raise MatrixError(f"finetune.pretrain.task: one of {sorted(TASKS)} on the digits source, "
+                              f"got {pre['task']!r}")
+        if not data.get("attacker_clean"):
+            raise MatrixError("finetune.pretrain.task: pretraining uses the attacker's own clean images; "
+                              "set data.attacker_clean")
+    try:
+        FineTune(**{k: v for k, v in pre.items() if k not in ("task", "data")})
+    except (TypeError, ValueError) as exc:
+        raise MatrixError(f"finetune.pretrain: {exc}") from None
 
 
 def load_spec(path_or_name: Union[str, os.PathLike]) -> MatrixSpec:
@@ -246,7 +275,7 @@ class _Runner:
         self.cache = _Cache(cache if cache is not None else out / "cache")
         self.folders: Dict[str, Path] = {}
         self.families: Dict[str, str] = {}
-        self.counters = {"protect": 0, "transform": 0, "finetune": 0}
+        self.counters = {"protect": 0, "transform": 0, "pretrain": 0, "finetune": 0}
 
     # ----------------------------------------------------------------- models and data
     def model_folder(self, name: str) -> Path:
@@ -431,19 +460,58 @@ class _Runner:
             self.cache.commit("transform", key, build)
         return key, self.cache.meta("transform", key)
 
+    def pretrained_victim(self, victim: str, seed: int, attacker_clean) -> Path:
+        """The victim's folder, after ``finetune.pretrain`` when the recipe has one (cached per seed).
+
+        Pretraining = a full fine-tune (its own ``FineTune`` fields) on a disjoint task: the
+        attacker's clean images with another digits ``task`` (e.g. ``numeral``), or a ``data`` file.
+        It gives a from-scratch tiny victim the visual priors a real LVLM arrives with.
+        """
+        from .attacks import FineTune
+        from .data import load_dataset
+        from .digits import load_digits_vqa
+        from .surrogates import load_surrogate
+
+        pre = self.spec.finetune.get("pretrain")
+        if not pre:
+            return self.model_folder(victim)
+        key = _hash("pretrain", self.model_identity(victim), pre, self.spec.data, seed)
+        if not self.cache.has("pretrain", key):
+            def build(tmp: Path) -> Dict[str, Any]:
+                if "task" in pre:
+                    d = self.spec.data
+                    relabelled = {s.id: s for s in load_digits_vqa(
+                        image_size=int(d.get("image_size", 32)), seed=seed, limit=int(d.get("limit", 0)),
+                        task=pre["task"])[0]}
+                    data = attacker_clean.replace_samples([relabelled[s.id] for s in attacker_clean],
+                                                          f"attacker-{pre['task']}")
+                else:
+                    data = load_dataset(pre["data"])
+                model = load_surrogate(self.model_folder(victim), device=self.device, dtype=self.dtype)
+                config = {k: v for k, v in pre.items() if k not in ("task", "data")}
+                result = FineTune(**{**config, "seed": seed})(model, data, progress=self.progress)
+                model.save(tmp / "model")
+                self.counters["pretrain"] += 1
+                return {"seconds": result.seconds, "samples": len(data)}
+            self.cache.commit("pretrain", key, build)
+        return self.cache.path("pretrain", key) / "model"
+
     def finetune(self, data_key: str, training_set, victim: str, cm: Optional[CountermeasureSpec], test,
-                 seed: int) -> Dict[str, Any]:
+                 seed: int, attacker_clean=None) -> Dict[str, Any]:
         from .attacks import COUNTERMEASURES, FineTune
         from .metrics import evaluate_answers
+        from .surrogates import load_surrogate
 
+        recipe = {k: v for k, v in self.spec.finetune.items() if k != "pretrain"}
         key = _hash("finetune", data_key, self.model_identity(victim), self.spec.finetune,
                     cm.name if cm else None, cm.config if cm else None, seed)
         if not self.cache.has("finetune", key):
             def build(tmp: Path) -> Dict[str, Any]:
-                model = self.load(victim)
+                model = load_surrogate(self.pretrained_victim(victim, seed, attacker_clean), device=self.device,
+                                       dtype=self.dtype)
                 training_cm = COUNTERMEASURES.create(cm.name, **cm.config) if cm else None
-                result = FineTune(**{**self.spec.finetune, "seed": seed})(model, training_set, progress=self.progress,
-                                                                          countermeasure=training_cm)
+                result = FineTune(**{**recipe, "seed": seed})(model, training_set, progress=self.progress,
+                                                              countermeasure=training_cm)
                 t0 = time.perf_counter()
                 acc, preds = evaluate_answers(model, test)
                 (tmp / "predictions.json").write_text(json.dumps(preds))
@@ -578,7 +646,7 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
                                 training_set = read_release(runner.cache.path("transform", tkey) / "release")
                             row["transform_seconds"] = tmeta.get("seconds", 0.0)
                         stage = "finetune"
-                        result = runner.finetune(tkey, training_set, v, training_cm, test, seed)
+                        result = runner.finetune(tkey, training_set, v, training_cm, test, seed, attacker_clean)
                         row.update({"accuracy": result["accuracy"], "finetune_seconds": result["finetune_seconds"],
                                     "eval_seconds": result["eval_seconds"], "peak_mib": result["peak_mib"],
                                     "error": None})
