@@ -72,6 +72,7 @@ class CountermeasureSpec:
     name: Optional[str]
     config: Dict[str, Any] = field(default_factory=dict)
     fit: Dict[str, Any] = field(default_factory=dict)
+    fitted: Tuple[str, ...] = ()  # member names that must be fitted (derived from the registry)
 
 
 #: ``fit`` keys each fitted countermeasure understands (see :meth:`_Runner.fit_countermeasure`)
@@ -156,7 +157,7 @@ class MatrixSpec:
             for s_name in fit.get("surrogates") or ():
                 if s_name not in models:
                     raise MatrixError(f"countermeasures[{i}].fit.surrogates: unknown model {s_name!r}")
-            cms.append(CountermeasureSpec(label, name, dict(c.get("config") or {}), fit))
+            cms.append(CountermeasureSpec(label, name, dict(c.get("config") or {}), fit, tuple(fitted)))
         victims = tuple(spec.get("victims") or ())
         if not victims:
             raise MatrixError("victims: give at least one model name")
@@ -366,20 +367,19 @@ class _Runner:
 
     def fit_identity(self, cm: CountermeasureSpec, dspec: DefenseSpec) -> Dict[str, Any]:
         """What a fitted countermeasure's result depends on beyond the protected set (for the cache key)."""
-        if not cm.fit and not self.spec.data.get("attacker_clean"):
+        if not cm.fitted:
             return {}
         ident: Dict[str, Any] = {"fit": cm.fit, "attacker_clean": self.spec.data.get("attacker_clean")}
         scorer = cm.fit.get("scorer", "ngram")
-        if scorer != "ngram":
+        if "trigger_filter" in cm.fitted and scorer != "ngram":
             ident["scorer"] = self.model_identity(scorer)
-        imitated = self.imitated_defense(cm, dspec)
-        if imitated is not None:
+        if "lightshed" in cm.fitted:
+            imitated = self.imitated_defense(cm, dspec)
             ident["defense"] = [imitated.name, imitated.config, imitated.weights]
-        names = cm.fit.get("surrogates") or (imitated.surrogates if imitated is not None else ())
-        ident["surrogates"] = [self.model_identity(n) for n in names]
+            ident["surrogates"] = [self.model_identity(n) for n in (cm.fit.get("surrogates") or imitated.surrogates)]
         return ident
 
-    def imitated_defense(self, cm: CountermeasureSpec, dspec: DefenseSpec) -> Optional[DefenseSpec]:
+    def imitated_defense(self, cm: CountermeasureSpec, dspec: DefenseSpec) -> DefenseSpec:
         """The defense a LightShed column imitates: the row's own (``same``) or a named row."""
         label = cm.fit.get("defense", "same")
         return dspec if label == "same" else next(d for d in self.spec.defenses if d.label == label)
