@@ -1,5 +1,6 @@
 """The matrix runner: cache hits, config changes, resume after a kill, error cells, threat models."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +180,13 @@ def test_pretrained_victim_recipe(tmp_path):
     assert _computed(tmp_path / "p") == {"protect": 1, "transform": 0, "pretrain": 1, "finetune": 2}
     folder = next((tmp_path / "p" / "cache" / "pretrain").iterdir()) / "model"
     assert (folder / "config.json").is_file()
+
+
+BENCHMARK_SPECS = sorted((Path(__file__).parents[1] / "benchmarks" / "specs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", BENCHMARK_SPECS, ids=lambda p: p.stem)
+def test_benchmark_specs_validate(path):
+    """Every shipped benchmark spec parses and validates (defense configs, models, fits) without work."""
+    spec = load_spec(path)
+    assert spec.defenses and spec.victims and spec.seeds

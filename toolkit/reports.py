@@ -113,7 +113,7 @@ def _heatmap(records: List[Dict[str, Any]], victim: str, path: Path) -> None:
     ax.set_title(f"clean-test accuracy (%), victim {victim}")
     fig.colorbar(im, ax=ax, fraction=0.03)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # long labels and titles stay inside
     plt.close(fig)
 
 
