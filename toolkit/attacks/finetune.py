@@ -9,9 +9,10 @@ Evaluate the result on the CLEAN test split with
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, List
+from typing import Any, List, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -22,7 +23,7 @@ from ..registry import Config, check_choice, check_range, make_config
 from ..surrogates.base import Surrogate
 from ..surrogates.hf_lvlm import LoraSettings
 
-__all__ = ["FineTune", "FineTuneResult"]
+__all__ = ["FineTune", "FineTuneResult", "learning_rate_schedule"]
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,41 @@ class FineTuneResult:
     seconds: float = 0.0
 
 
+def learning_rate_schedule(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int,
+                           warmup: float = 0.0) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+    """The per-step learning-rate scheduler of a recipe (None for a constant rate without warm-up).
+
+    ``warmup`` is the share of ``total_steps`` over which the rate rises linearly
+    from ~0 to its peak; ``schedule`` "cosine" then decays it to 0 at the last
+    step. Without warm-up the cosine schedule is torch's ``CosineAnnealingLR``.
+    """
+    warm = int(round(warmup * total_steps))
+    if not warm:
+        if schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        return None
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total_steps - warm)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 class FineTune:
     """Unauthorized fine-tuning of a victim (mutates the victim: that is the attack).
 
     Config (keyword-only): ``mode`` full|projector|lora, ``epochs``, ``lr`` (AdamW),
     ``batch_size``, ``weight_decay``, ``lora_rank``, ``lora_alpha``,
     ``lora_dropout``, ``seed`` (batch order), ``max_grad_norm``, ``schedule``
-    (constant or cosine decay of the learning rate to 0).
+    (constant or cosine decay of the learning rate to 0), ``warmup`` (share of all
+    steps with a linear learning-rate warm-up from 0; 0 = none), ``lora_projector``
+    (mode lora only: also train the vision-language projector in full, as
+    LLaVA-1.5's LoRA recipe does), ``lora_target`` (regex over module names for the
+    adapters; None = the family's attention+MLP projections of the language model).
     """
 
     @dataclass(frozen=True, kw_only=True)
@@ -58,6 +87,9 @@ class FineTune:
         seed: int = 0
         max_grad_norm: float = 1.0
         schedule: str = "cosine"
+        warmup: float = 0.0
+        lora_projector: bool = False
+        lora_target: Optional[str] = None
 
         def __post_init__(self) -> None:
             check_choice("mode", self.mode, {"full", "projector", "lora"})
@@ -66,6 +98,11 @@ class FineTune:
             check_range("lr", self.lr, 0, 1, low_open=True)
             check_range("batch_size", self.batch_size, 1, 1 << 20)
             check_range("weight_decay", self.weight_decay, 0, 10)
+            check_range("warmup", self.warmup, 0, 1, high_open=True)
+            if not isinstance(self.lora_projector, bool):
+                raise ValueError(f"lora_projector must be a bool, got {self.lora_projector!r}")
+            if self.mode != "lora" and (self.lora_projector or self.lora_target is not None):
+                raise ValueError(f"lora_projector / lora_target need mode='lora', got mode={self.mode!r}")
 
     def __init__(self, **config: Any) -> None:
         self.config = make_config(self.Config, "FineTune", config)
@@ -85,17 +122,18 @@ class FineTune:
         train.require_nonempty()
         if cfg.mode == "lora":
             victim.require("lora", who="FineTune(mode='lora')")
-            victim.attach_lora(LoraSettings(rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout))
+            victim.attach_lora(LoraSettings(rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                                            target=cfg.lora_target))
         params = victim.trainable_parameters(cfg.mode)
+        if cfg.lora_projector:
+            params = params + victim.trainable_parameters("projector")
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         pixels = dataset_pixels(train)
         samples = list(train)
         generator = make_generator(cfg.seed)
         stream = TrainState([s.image.shape for s in samples], cfg.batch_size, generator)
         per_epoch = stream.batches_per_pass()
-        scheduler = None
-        if cfg.schedule == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * per_epoch)
+        scheduler = learning_rate_schedule(optimizer, cfg.schedule, cfg.epochs * per_epoch, cfg.warmup)
         result = FineTuneResult(steps=0)
         start = time.perf_counter()
         with victim.training(params):

@@ -73,7 +73,7 @@ def _corpus_lines():
 
 def train_tiny_tokenizer(vocab_size: int = 600, *, extra_special: Sequence[str] = (),
                          named_tokens: Optional[Dict[str, str]] = None, bos: str = "<s>", eos: str = "</s>",
-                         pad: str = "<pad>", add_bos: bool = True):
+                         pad: str = "<pad>", add_bos: bool = True, extra_corpus: Sequence[str] = ()):
     """Train a byte-level BPE tokenizer on the bundled English corpus (offline, deterministic).
 
     Args:
@@ -85,6 +85,8 @@ def train_tiny_tokenizer(vocab_size: int = 600, *, extra_special: Sequence[str] 
             ``tokenizer.image_token`` and friends.
         bos, eos, pad: names of those tokens (created if missing).
         add_bos: prepend BOS to every encoded text.
+        extra_corpus: further training lines after the bundled corpus (e.g. a task's
+            questions and answers, so a pretrained model zoo has its words as single tokens).
 
     Returns a transformers fast tokenizer.
     """
@@ -100,7 +102,7 @@ def train_tiny_tokenizer(vocab_size: int = 600, *, extra_special: Sequence[str] 
         vocab_size=vocab_size, min_frequency=1, special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    tok.train_from_iterator(_corpus_lines(), trainer=trainer)
+    tok.train_from_iterator(_corpus_lines() + list(extra_corpus), trainer=trainer)
     if add_bos:
         bos_id = tok.token_to_id(bos)
         tok.post_processor = processors.TemplateProcessing(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from typing import Sequence, Union
 
 from .common import register_tiny, save_tiny, seeded_init, train_tiny_tokenizer
 
@@ -31,7 +31,7 @@ GEMMA3_CHAT_TEMPLATE = (
 def build_tiny_gemma3(path: Union[str, os.PathLike], *, image_size: int = 32, patch_size: int = 4,
                       tokens_per_side: int = 4, hidden_size: int = 64, num_layers: int = 2,
                       vision_hidden_size: int = 32, vision_layers: int = 1, seed: int = 0,
-                      vocab_size: int = 600) -> Path:
+                      vocab_size: int = 600, extra_corpus: Sequence[str] = ()) -> Path:
     """Build a random-init tiny ``Gemma3ForConditionalGeneration`` and save it with its processor.
 
     SigLIP ViT at ``image_size`` px with ``patch_size`` px patches, average-pooled to
@@ -42,6 +42,7 @@ def build_tiny_gemma3(path: Union[str, os.PathLike], *, image_size: int = 32, pa
 
     The projection matrix, zero at transformers' init, is given random weights
     so the image reaches the loss (:func:`toolkit.surrogates.gemma3.wake_gemma3_projector`).
+    ``extra_corpus``: further tokenizer training lines.
     """
     from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor,
                               Gemma3TextConfig, SiglipVisionConfig)
@@ -55,7 +56,7 @@ def build_tiny_gemma3(path: Union[str, os.PathLike], *, image_size: int = 32, pa
         vocab_size, extra_special=["<start_of_turn>", "<end_of_turn>"],
         named_tokens={"image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
                       "eoi_token": "<end_of_image>"},
-        bos="<bos>", eos="<eos>", pad="<pad>")
+        bos="<bos>", eos="<eos>", pad="<pad>", extra_corpus=extra_corpus)
     n_tokens = tokens_per_side ** 2
     image_processor = Gemma3ImageProcessor(size={"height": image_size, "width": image_size}, do_pan_and_scan=False)
     processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer,

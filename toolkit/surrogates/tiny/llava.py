@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from typing import Sequence, Union
 
 from .common import LLAVA_CHAT_TEMPLATE, register_tiny, seeded_init, train_tiny_tokenizer, save_tiny
 
@@ -13,13 +13,15 @@ __all__ = ["build_tiny_llava"]
 @register_tiny("llava")
 def build_tiny_llava(path: Union[str, os.PathLike], *, image_size: int = 32, patch_size: int = 8,
                      hidden_size: int = 128, num_layers: int = 2, vision_hidden_size: int = 64,
-                     vision_layers: int = 2, seed: int = 0, vocab_size: int = 600) -> Path:
+                     vision_layers: int = 2, seed: int = 0, vocab_size: int = 600,
+                     extra_corpus: Sequence[str] = ()) -> Path:
     """Build a random-init tiny ``LlavaForConditionalGeneration`` and save it with its processor.
 
     The vision tower is a CLIP ViT, the language model a Llama, joined by the
     LLaVA MLP projector; the processor is a real ``LlavaProcessor`` (CLIP image
     processor at ``image_size``, the BPE tokenizer above, a LLaVA-1.5 chat
     template). ``(image_size // patch_size) ** 2`` image tokens per image.
+    ``extra_corpus``: further tokenizer training lines (see :func:`train_tiny_tokenizer`).
 
     Returns the folder, which :func:`toolkit.surrogates.load_surrogate` opens.
     """
@@ -27,7 +29,7 @@ def build_tiny_llava(path: Union[str, os.PathLike], *, image_size: int = 32, pat
                               LlavaForConditionalGeneration, LlavaProcessor)
 
     path = Path(path)
-    tokenizer = train_tiny_tokenizer(vocab_size)
+    tokenizer = train_tiny_tokenizer(vocab_size, extra_corpus=extra_corpus)
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     processor = LlavaProcessor(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Sequence, Union
 
 from .common import register_tiny, seeded_init, train_tiny_tokenizer, save_tiny
 
@@ -50,10 +50,10 @@ _QWEN_NAMED = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
                "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}
 
 
-def qwen_tokenizer(vocab_size: int = 600):
+def qwen_tokenizer(vocab_size: int = 600, extra_corpus: Sequence[str] = ()):
     """Offline BPE tokenizer with Qwen's special tokens (no BOS; EOS ``<|im_end|>``, pad ``<|endoftext|>``)."""
     return train_tiny_tokenizer(
-        vocab_size, extra_special=["<|im_start|>", "<|im_end|>", "<|vision_pad|>"], named_tokens=_QWEN_NAMED,
+        vocab_size, extra_corpus=extra_corpus, extra_special=["<|im_start|>", "<|im_end|>", "<|vision_pad|>"], named_tokens=_QWEN_NAMED,
         bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>", add_bos=False)
 
 
@@ -86,18 +86,20 @@ def _image_processor(patch_size: int, min_side: int, max_side: int, **kw: Any):
 @register_tiny("qwen2_vl")
 def build_tiny_qwen2_vl(path: Union[str, os.PathLike], *, seed: int = 0, hidden_size: int = 64,
                         num_layers: int = 2, vision_hidden_size: int = 32, vision_layers: int = 2,
-                        patch_size: int = 6, vocab_size: int = 600) -> Path:
+                        patch_size: int = 6, vocab_size: int = 600, min_side: int = 36, max_side: int = 48,
+                        extra_corpus: Sequence[str] = ()) -> Path:
     """Build a random-init tiny ``Qwen2VLForConditionalGeneration`` and save it with a ``Qwen2VLProcessor``.
 
-    Pixel budget 36^2 .. 48^2 with patch 6 and merge 2 (sides multiples of 12),
-    so a 32 x 32 image is upscaled to 36 x 36 (exercising the resize) and gives 9 tokens.
+    Pixel budget ``min_side``^2 .. ``max_side``^2 (default 36^2 .. 48^2) with patch 6 and merge 2
+    (sides multiples of 12), so a 32 x 32 image is upscaled to 36 x 36 (exercising the resize)
+    and gives 9 tokens. ``extra_corpus``: further tokenizer training lines.
     """
     from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor,
                               Qwen2VLTextConfig, Qwen2VLVideoProcessor, Qwen2VLVisionConfig)
 
-    tokenizer = qwen_tokenizer(vocab_size)
+    tokenizer = qwen_tokenizer(vocab_size, extra_corpus)
     processor = Qwen2VLProcessor(
-        image_processor=_image_processor(patch_size, 36, 48), tokenizer=tokenizer,
+        image_processor=_image_processor(patch_size, min_side, max_side), tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(patch_size=patch_size, merge_size=2, temporal_patch_size=2),
         chat_template=QWEN2_VL_CHAT_TEMPLATE)
     config = Qwen2VLConfig(
