@@ -1,0 +1,30 @@
+"""Dataset registry (``DATASETS``): procedural scene/sign VQA tasks and the built-in digits.
+
+``DATASETS.create(name, **config).build()`` returns ``(train, test)``
+:class:`~toolkit.data.VQADataset` splits:
+
+- ``scenes``: the downstream procedural VQA task (colour, shape, count, position,
+  exist, read questions on rendered shapes and signs);
+- ``scenes_pretrain``: the same generator with disjoint question types (caption,
+  size, text_colour) and another default seed, to pretrain a model zoo on;
+- ``digits``: scikit-learn's handwritten digits (:func:`toolkit.digits.load_digits_vqa`).
+"""
+from __future__ import annotations
+
+from ..registry import Registry
+
+DATASETS: Registry = Registry("dataset")
+
+from .digits import Digits  # noqa: E402
+from .grammar import ANSWER_WORDS, QA_TYPES, STEMS, TYPES, answer_words, vocabulary  # noqa: E402
+from .render import render_spec  # noqa: E402
+from .scene import Scene, SceneObject, Sign, spec_from_dict  # noqa: E402
+from .synthetic import DOWNSTREAM_TYPES, PRETRAIN_TYPES, Scenes, ScenesPretrain, SyntheticVQA  # noqa: E402
+
+DATASETS.register("scenes")(Scenes)
+DATASETS.register("scenes_pretrain")(ScenesPretrain)
+DATASETS.register("digits")(Digits)
+
+__all__ = ["DATASETS", "Scenes", "ScenesPretrain", "SyntheticVQA", "Digits", "ANSWER_WORDS", "QA_TYPES", "TYPES",
+           "STEMS", "DOWNSTREAM_TYPES", "PRETRAIN_TYPES", "answer_words", "vocabulary", "render_spec", "Scene",
+           "SceneObject", "Sign", "spec_from_dict"]

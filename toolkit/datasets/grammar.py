@@ -1,0 +1,362 @@
+"""Question grammar of the procedural VQA tasks: stems, paraphrase slots, answers computed from the spec.
+
+A question is built in layers, each drawn from the generator:
+
+1. a *stem* of its type (``STEMS[qtype][i]``, the template id ``"qtype.i"``) with slots
+   for the thing asked about (``{ref}`` "small red circle", ``{things}``, ``{a_cs}``, ...);
+2. synonyms (``{colour}`` colour/color, ``{picture}`` picture/image/photo, ``{written}``
+   written/shown/printed, object nouns object/item/thing/shape);
+3. an optional place modifier for stems that have a ``{where}`` slot: none, after the
+   clause ("... the circle in the picture?") or fronted ("In the picture, what ...?");
+4. an optional politeness prefix (``PREFIXES``) and answer-format suffix (``SUFFIXES``;
+   ``CAPTION_SUFFIXES`` for captions).
+
+Objects are referred to only by attribute combinations that pick out exactly one
+object of the scene, and never by the attribute the question asks about. Every
+answer is one lowercase word (``ANSWER_WORDS``), except ``caption`` (a phrase,
+meant for pretraining).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .scene import Scene, SceneObject, Sign, Spec
+from .vocab import (COL_WORDS, COLOUR_NAMES, NUMBER_WORDS, ROW_WORDS, SHAPE_PLURALS, SHAPES, SIGN_ROW_PHRASES,
+                    SIZES, WORDS)
+
+__all__ = [
+    "QA_TYPES", "TYPES", "DOMAINS", "STEMS", "PREFIXES", "SUFFIXES", "CAPTION_SUFFIXES", "POSITION_AXES",
+    "COLOUR_NOUNS", "PICTURE_NOUNS", "OBJECT_NOUNS", "WRITTEN_VERBS", "WHERE_PHRASES", "REFERENCES",
+    "ANSWER_WORDS", "Question", "ask", "caption", "answer_words", "vocabulary",
+]
+
+#: question types with a one-word answer
+QA_TYPES: Tuple[str, ...] = ("colour", "shape", "count", "position", "exist", "read", "size", "text_colour")
+#: every question type (``caption`` answers with a phrase)
+TYPES: Tuple[str, ...] = QA_TYPES + ("caption",)
+#: the visual domain(s) a type is asked on
+DOMAINS: Dict[str, Tuple[str, ...]] = {
+    **{t: ("scenes",) for t in ("colour", "shape", "count", "position", "exist", "size")},
+    "read": ("signs",), "text_colour": ("signs",), "caption": ("scenes", "signs"),
+}
+
+COLOUR_NOUNS: Tuple[str, ...] = ("colour", "color")
+PICTURE_NOUNS: Tuple[str, ...] = ("picture", "image", "photo")
+OBJECT_NOUNS: Tuple[str, ...] = ("object", "item", "thing", "shape")
+WRITTEN_VERBS: Tuple[str, ...] = ("written", "shown", "printed")
+#: the optional place modifier of stems with a ``{where}`` slot (after the clause, or fronted)
+WHERE_PHRASES: Tuple[str, ...] = ("in the {picture}", "in this {picture}")
+
+PREFIXES: Tuple[str, ...] = ("", "Please tell me:", "Quick question:", "Look at the {picture}.", "Can you help?",
+                             "Here is a question.")
+SUFFIXES: Tuple[str, ...] = ("", "Answer with one word.", "Reply in a single word.", "Be brief.",
+                             "One word, please.")
+CAPTION_SUFFIXES: Tuple[str, ...] = ("", "Be brief.", "Keep it short.", "Use one sentence.")
+
+#: paraphrased stems of each type; the template id of ``STEMS[t][i]`` is ``f"{t}.{i}"``
+STEMS: Dict[str, List[str]] = {
+    "colour": [
+        "What {colour} is the {ref}{where}?",
+        "Which {colour} does the {ref} have{where}?",
+        "What is the {colour} of the {ref}{where}?",
+        "Tell me the {colour} of the {ref}{where}.",
+        "Name the {colour} of the {ref}{where}.",
+        "In which {colour} is the {ref} drawn{where}?",
+    ],
+    "shape": [
+        "What shape is the {ref}{where}?",
+        "Which shape does the {ref} have{where}?",
+        "What is the shape of the {ref}{where}?",
+        "Name the shape of the {ref}{where}.",
+        "What kind of shape is the {ref}{where}?",
+        "Tell me the shape of the {ref}{where}.",
+    ],
+    "count": [
+        "How many {things} are there{where}?",
+        "How many {things} can you see{where}?",
+        "Count the {things}{where}.",
+        "What is the number of {things}{where}?",
+        "How many {things} are shown{where}?",
+        "Tell me how many {things} there are{where}.",
+    ],
+    "position": [
+        "Is the {ref} on the left, in the center or on the right{where}?",
+        "Where is the {ref} horizontally{where}?",
+        "In which column is the {ref}: left, center or right?",
+        "Is the {ref} left, center or right{where}?",
+        "On which side of the {picture} is the {ref}: left, center or right?",
+        "Is the {ref} at the top, in the middle or at the bottom{where}?",
+        "Where is the {ref} vertically{where}?",
+        "In which row is the {ref}: top, middle or bottom?",
+        "Is the {ref} top, middle or bottom{where}?",
+        "How high up in the {picture} is the {ref}: top, middle or bottom?",
+    ],
+    "exist": [
+        "Is there {a_cs}{where}?",
+        "Can you see {a_cs}{where}?",
+        "Does the {picture} contain {a_cs}?",
+        "Is {a_cs} visible{where}?",
+        "Do you see any {cs_plural}{where}?",
+        "Is there any {cs}{where}?",
+        "Does the {picture} show {a_cs}?",
+    ],
+    "read": [
+        "What word is {written} on the sign?",
+        "What does the sign say?",
+        "Which word is {written}{where}?",
+        "Read the word{where}.",
+        "What is the word{where}?",
+        "What text is {written}{where}?",
+        "What word can you read{where}?",
+    ],
+    "size": [
+        "Is the {ref} large or small{where}?",
+        "Is the {ref} small or large{where}?",
+        "What size is the {ref}{where}, large or small?",
+        "How big is the {ref}{where}: large or small?",
+        "Would you call the {ref}{where} large or small?",
+        "Is the {ref}{where} a large or a small one?",
+    ],
+    "text_colour": [
+        "What {colour} is the text{where}?",
+        "What {colour} are the letters{where}?",
+        "In which {colour} is the word {written}{where}?",
+        "What is the {colour} of the writing{where}?",
+        "Name the {colour} of the letters{where}.",
+        "What {colour} is the word on the sign?",
+    ],
+    "caption": [
+        "Describe the {picture}.",
+        "What is in the {picture}?",
+        "What do you see in the {picture}?",
+        "Give a short description of the {picture}.",
+        "Write a caption for the {picture}.",
+        "Describe what is shown.",
+    ],
+}
+#: the axis each ``position`` stem asks about (answers left/center/right or top/middle/bottom)
+POSITION_AXES: Tuple[str, ...] = ("horizontal",) * 5 + ("vertical",) * 5
+
+#: attribute combinations that may refer to an object, per type (never the attribute asked about)
+REFERENCES: Dict[str, Tuple[Tuple[str, ...], ...]] = {
+    "colour": (("shape",), ("size", "shape")),
+    "shape": (("colour",), ("size", "colour")),
+    "size": (("shape",), ("colour",), ("colour", "shape")),
+    "position": (("shape",), ("colour",), ("colour", "shape"), ("size", "shape"), ("size", "colour"),
+                 ("size", "colour", "shape")),
+}
+
+#: the closed answer set of each one-word type
+ANSWER_WORDS: Dict[str, Tuple[str, ...]] = {
+    "colour": COLOUR_NAMES,
+    "shape": SHAPES,
+    "count": NUMBER_WORDS,
+    "position": COL_WORDS + ROW_WORDS,
+    "exist": ("yes", "no"),
+    "read": WORDS,
+    "size": SIZES,
+    "text_colour": COLOUR_NAMES,
+}
+
+#: where an object sits in the 3x3 grid, for captions (indexed [row][col])
+_CELL_PHRASES = (("at the top left", "at the top", "at the top right"),
+                 ("on the left", "in the center", "on the right"),
+                 ("at the bottom left", "at the bottom", "at the bottom right"))
+
+
+@dataclass(frozen=True)
+class Question:
+    """A generated question and its answer.
+
+    Attributes:
+        qtype: question type (one of ``TYPES``).
+        text: the question sentence.
+        answer: one lowercase word (a phrase for ``caption``).
+        template: stem id ``"qtype.i"`` (``STEMS[qtype][i]``).
+        query: what is asked about, JSON (e.g. ``{"ref": {"shape": "circle"}}``, ``{"of": "colour",
+            "value": "red"}``, ``{"axis": "vertical", "ref": ...}``, ``{"colour": ..., "shape": ...}``).
+        style: paraphrase choices, JSON: ``prefix`` / ``suffix`` indices, ``where`` none|after|front.
+    """
+
+    qtype: str
+    text: str
+    answer: str
+    template: str
+    query: Dict[str, Any] = field(default_factory=dict)
+    style: Dict[str, Any] = field(default_factory=dict)
+
+
+def _pick(options: Sequence[Any], rng: np.random.Generator) -> Any:
+    return options[int(rng.integers(len(options)))]
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
+
+
+def _join(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _compose(qtype: str, stem_index: int, slots: Dict[str, str], rng: np.random.Generator,
+             suffixes: Sequence[str]) -> Tuple[str, Dict[str, Any]]:
+    """Fill a stem's slots and add the modifier, prefix and suffix; returns (text, style)."""
+    stem = STEMS[qtype][stem_index]
+    picture = _pick(PICTURE_NOUNS, rng)
+    words = {"picture": picture, "colour": _pick(COLOUR_NOUNS, rng), "written": _pick(WRITTEN_VERBS, rng),
+             "where": "", **slots}
+    where = "none"
+    if "{where}" in stem:
+        where = ("none", "after", "front")[int(rng.integers(3))]
+        phrase = _pick(WHERE_PHRASES, rng).format(picture=picture)
+        if where == "after":
+            words["where"] = " " + phrase
+    text = stem.format(**words)
+    if where == "front":
+        text = phrase[:1].upper() + phrase[1:] + ", " + _lower_first(text)
+    p, s = int(rng.integers(len(PREFIXES))), int(rng.integers(len(suffixes)))
+    prefix = PREFIXES[p].format(picture=picture)
+    if prefix:
+        text = prefix + " " + (_lower_first(text) if prefix.endswith(":") else text)
+    if suffixes[s]:
+        text += " " + suffixes[s]
+    return text, {"prefix": p, "suffix": s, "where": where}
+
+
+def _matches(obj: SceneObject, ref: Dict[str, str]) -> bool:
+    return all(getattr(obj, a) == v for a, v in ref.items())
+
+
+def _pick_reference(objects: Sequence[SceneObject], combos: Iterable[Tuple[str, ...]],
+                    rng: np.random.Generator) -> Optional[Tuple[SceneObject, Dict[str, str]]]:
+    """A random (object, attribute dict) such that the attributes pick out exactly that object, or None."""
+    options = []
+    for obj in objects:
+        unique = []
+        for combo in combos:
+            ref = {a: getattr(obj, a) for a in combo}
+            if sum(_matches(o, ref) for o in objects) == 1:
+                unique.append(ref)
+        if unique:
+            options.append((obj, unique))
+    if not options:
+        return None
+    obj, unique = _pick(options, rng)
+    return obj, _pick(unique, rng)
+
+
+def _ref_phrase(ref: Dict[str, str], nouns: Sequence[str], rng: np.random.Generator) -> str:
+    """"small red circle", "red thing", "large object"-style noun phrase for a reference (no article)."""
+    words = [ref[a] for a in ("size", "colour") if a in ref]
+    noun = _pick(nouns, rng)
+    return " ".join(words + [ref.get("shape", noun)])
+
+
+def caption(spec: Spec) -> str:
+    """A deterministic description: every object row-major ("a large red circle at the top left and ..."),
+    or for a sign "the word cake in green on yellow at the top"."""
+    if isinstance(spec, Sign):
+        return f"the word {spec.word} in {spec.text_colour} on {spec.background} {SIGN_ROW_PHRASES[spec.row]}"
+    objects = sorted(spec.objects, key=lambda o: (o.row, o.col))
+    return _join([f"a {o.size} {o.colour} {o.shape} {_CELL_PHRASES[o.row][o.col]}" for o in objects])
+
+
+def _ask_scene(qtype: str, scene: Scene, rng: np.random.Generator):
+    """(stem index, slots, answer, query) of a scene question, or None when the scene cannot support it."""
+    objects = scene.objects
+    if qtype in ("colour", "shape", "size", "position"):
+        picked = _pick_reference(objects, REFERENCES[qtype], rng)
+        if picked is None:
+            return None
+        obj, ref = picked
+        nouns = OBJECT_NOUNS[:3] if qtype == "shape" else OBJECT_NOUNS
+        slots = {"ref": _ref_phrase(ref, nouns, rng)}
+        stem = int(rng.integers(len(STEMS[qtype])))
+        query: Dict[str, Any] = {"ref": ref}
+        if qtype == "position":
+            axis = POSITION_AXES[stem]
+            query["axis"] = axis
+            answer = COL_WORDS[obj.col] if axis == "horizontal" else ROW_WORDS[obj.row]
+        else:
+            answer = getattr(obj, qtype)
+        return stem, slots, answer, query
+    if qtype == "count":
+        of = ("total", "colour", "shape")[int(rng.integers(3))]
+        noun = _pick(OBJECT_NOUNS, rng)
+        if of == "total":
+            value, things, n = None, noun + "s", len(objects)
+        else:
+            present = sorted({getattr(o, of) for o in objects})
+            every = COLOUR_NAMES if of == "colour" else SHAPES
+            value = _pick(every if rng.random() < 0.4 else present, rng)  # absent values give "zero"
+            things = f"{value} {noun}s" if of == "colour" else SHAPE_PLURALS[value]
+            n = sum(getattr(o, of) == value for o in objects)
+        return int(rng.integers(len(STEMS["count"]))), {"things": things}, NUMBER_WORDS[n], \
+            {"of": of, "value": value}
+    if qtype == "exist":
+        present = sorted({(o.colour, o.shape) for o in objects})
+        if rng.random() < 0.5:
+            colour, shape = _pick(present, rng)
+            answer = "yes"
+        else:
+            absent = [(c, s) for c in COLOUR_NAMES for s in SHAPES if (c, s) not in present]
+            colour, shape = _pick(absent, rng)
+            answer = "no"
+        cs = f"{colour} {shape}"
+        slots = {"cs": cs, "a_cs": _article(cs), "cs_plural": f"{colour} {SHAPE_PLURALS[shape]}"}
+        return int(rng.integers(len(STEMS["exist"]))), slots, answer, {"colour": colour, "shape": shape}
+    raise ValueError(f"question type {qtype!r} is not asked on scenes")
+
+
+def ask(qtype: str, spec: Spec, rng: np.random.Generator) -> Optional[Question]:
+    """A random question of type ``qtype`` about ``spec`` with its answer, or None if the spec can't support
+    one (e.g. no object has a unique reference for a ``colour`` question)."""
+    if qtype not in TYPES:
+        raise ValueError(f"unknown question type {qtype!r}; known: {list(TYPES)}")
+    if spec.domain not in DOMAINS[qtype]:
+        raise ValueError(f"question type {qtype!r} is asked on {DOMAINS[qtype]}, not on {spec.domain!r}")
+    suffixes = SUFFIXES
+    if qtype == "caption":
+        stem, slots, answer, query = int(rng.integers(len(STEMS["caption"]))), {}, caption(spec), {}
+        suffixes = CAPTION_SUFFIXES
+    elif qtype in ("read", "text_colour"):
+        stem, slots, query = int(rng.integers(len(STEMS[qtype]))), {}, {}
+        answer = spec.word if qtype == "read" else spec.text_colour
+    else:
+        made = _ask_scene(qtype, spec, rng)
+        if made is None:
+            return None
+        stem, slots, answer, query = made
+    text, style = _compose(qtype, stem, slots, rng, suffixes)
+    return Question(qtype, text, answer, f"{qtype}.{stem}", query, style)
+
+
+def answer_words(types: Optional[Iterable[str]] = None) -> Tuple[str, ...]:
+    """Sorted union of the possible answers of ``types`` (default: every one-word type); ``caption`` adds
+    nothing (its answers are open phrases)."""
+    out = set()
+    for t in (QA_TYPES if types is None else types):
+        if t not in TYPES:
+            raise ValueError(f"unknown question type {t!r}; known: {list(TYPES)}")
+        out.update(ANSWER_WORDS.get(t, ()))
+    return tuple(sorted(out))
+
+
+def vocabulary() -> Tuple[str, ...]:
+    """Sorted lowercase words that can occur in any generated question (e.g. to keep triggers out of it)."""
+    texts: List[str] = [s for stems in STEMS.values() for s in stems]
+    texts += list(PREFIXES) + list(SUFFIXES) + list(CAPTION_SUFFIXES) + list(WHERE_PHRASES)
+    texts += list(COLOUR_NOUNS + PICTURE_NOUNS + OBJECT_NOUNS + WRITTEN_VERBS + COLOUR_NAMES + SHAPES + SIZES)
+    texts += [n + "s" for n in OBJECT_NOUNS] + list(SHAPE_PLURALS.values()) + ["a", "an"]
+    words = set()
+    for t in texts:
+        words.update(re.findall(r"[a-z]+", re.sub(r"\{[a-z_]+\}", " ", t).lower()))
+    return tuple(sorted(words))

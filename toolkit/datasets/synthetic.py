@@ -1,0 +1,167 @@
+"""Procedural VQA task family (shapes on a grid, words on signs), built offline and deterministically.
+
+:class:`SyntheticVQA` draws each sample's question type uniformly from its
+configured ``types`` (the domain follows the type), samples a scene or sign
+spec, asks a question about it with :func:`toolkit.datasets.grammar.ask`
+(re-drawing specs that cannot support the question), renders it, and keeps it
+unless its image is already in the train split (for test samples) or the
+same (image, question) pair was already drawn. All randomness comes from
+``numpy.random.default_rng`` streams derived from ``(seed, stream)``.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Dict, FrozenSet, List, Set, Tuple
+
+import numpy as np
+
+from ..data import VQADataset, VQASample
+from ..registry import Config, check_range, make_config
+from .grammar import DOMAINS, TYPES, Question, ask
+from .render import MAX_SIZE, MIN_SIZE, render_spec
+from .scene import Spec, sample_scene, sample_sign
+
+__all__ = ["SyntheticVQA", "Scenes", "ScenesPretrain", "DOWNSTREAM_TYPES", "PRETRAIN_TYPES", "draw_item",
+           "image_digest"]
+
+#: the downstream task's question types
+DOWNSTREAM_TYPES: Tuple[str, ...] = ("colour", "shape", "count", "position", "exist", "read")
+#: the pretraining mix: question types disjoint from the downstream task's
+PRETRAIN_TYPES: Tuple[str, ...] = ("caption", "size", "text_colour")
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    check_range(name, int(value), low, high)
+
+
+def image_digest(image: np.ndarray) -> bytes:
+    """A 16-byte hash of an image's shape and pixel bytes (to detect identical images)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(image.shape).encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.digest()
+
+
+def draw_item(qtype: str, rng: np.random.Generator, max_tries: int = 1000) -> Tuple[Spec, Question]:
+    """Sample a spec of a domain of ``qtype`` and a question about it (re-drawing unsupported specs)."""
+    domains = DOMAINS[qtype]
+    for _ in range(max_tries):
+        domain = domains[int(rng.integers(len(domains)))]
+        spec = sample_scene(rng) if domain == "scenes" else sample_sign(rng)
+        question = ask(qtype, spec, rng)
+        if question is not None:
+            return spec, question
+    raise RuntimeError(f"could not draw a {qtype!r} question in {max_tries} tries")
+
+
+class SyntheticVQA:
+    """Base of the procedural VQA tasks: ``build() -> (train, test)`` of :class:`~toolkit.data.VQADataset`.
+
+    Config (keyword-only): ``n_train`` / ``n_test`` (samples per split), ``image_size`` (pixels,
+    32..64), ``seed`` (>= 0), ``types`` (question types, a non-empty tuple of distinct names
+    from ``toolkit.datasets.grammar.TYPES``; a comma-separated string is accepted).
+    """
+
+    #: second word of the seed sequence, so that two tasks with one seed still draw different data
+    stream = 0
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config(Config):
+        """Sizes, image side, seed and question types of a procedural task (validated on creation)."""
+
+        n_train: int = 4000
+        n_test: int = 1000
+        image_size: int = 48
+        seed: int = 0
+        types: Tuple[str, ...] = DOWNSTREAM_TYPES
+
+        def __post_init__(self) -> None:
+            _check_int("n_train", self.n_train, 1, 10_000_000)
+            _check_int("n_test", self.n_test, 1, 10_000_000)
+            _check_int("image_size", self.image_size, MIN_SIZE, MAX_SIZE)
+            _check_int("seed", self.seed, 0, 2 ** 63 - 1)
+            types = self.types
+            if isinstance(types, str):
+                types = tuple(t.strip() for t in types.split(",") if t.strip())
+            if not isinstance(types, (list, tuple)) or not types:
+                raise ValueError(f"types must be a non-empty list of question types from {list(TYPES)}, "
+                                 f"got {self.types!r}")
+            bad = [t for t in types if t not in TYPES]
+            if bad:
+                raise ValueError(f"types: unknown question type(s) {bad}; known: {list(TYPES)}")
+            if len(set(types)) != len(types):
+                raise ValueError(f"types must not repeat a type, got {list(types)}")
+            object.__setattr__(self, "types", tuple(types))
+
+    def __init__(self, **config: Any) -> None:
+        self.config = make_config(self.Config, getattr(type(self), "name", type(self).__name__), config)
+
+    @property
+    def label(self) -> str:
+        """The registered name (the prefix of sample ids and dataset names)."""
+        return getattr(type(self), "name", type(self).__name__.lower())
+
+    def _split(self, split: str, n: int, rng: np.random.Generator,
+               forbidden: FrozenSet[bytes]) -> Tuple[List[VQASample], Set[bytes]]:
+        cfg = self.config
+        samples: List[VQASample] = []
+        images: Set[bytes] = set()
+        pairs: Set[Tuple[bytes, str]] = set()
+        budget = 50 * n + 1000
+        while len(samples) < n:
+            budget -= 1
+            if budget < 0:
+                raise RuntimeError(f"{self.label}: could not draw {n} distinct {split} samples "
+                                   f"(got {len(samples)}); lower n_{split} or add types")
+            qtype = cfg.types[int(rng.integers(len(cfg.types)))]
+            spec, question = draw_item(qtype, rng)
+            image = render_spec(spec, cfg.image_size)
+            digest = image_digest(image)
+            if digest in forbidden or (digest, question.text) in pairs:
+                continue
+            pairs.add((digest, question.text))
+            images.add(digest)
+            meta: Dict[str, Any] = {"split": split, "qtype": qtype, "template": question.template,
+                                    "domain": spec.domain, "scene": spec.to_dict(), "query": question.query,
+                                    "style": question.style}
+            samples.append(VQASample(f"{self.label}-{split}-{len(samples):06d}", image, question.text,
+                                     question.answer, meta=meta))
+        return samples, images
+
+    def build(self) -> Tuple[VQADataset, VQADataset]:
+        """Generate ``(train, test)``: disjoint images, deterministic for a given config."""
+        cfg = self.config
+        train_rng, test_rng = (np.random.default_rng(s)
+                               for s in np.random.SeedSequence([int(cfg.seed), self.stream]).spawn(2))
+        train, train_images = self._split("train", cfg.n_train, train_rng, frozenset())
+        test, _ = self._split("test", cfg.n_test, test_rng, frozenset(train_images))
+        return VQADataset(train, f"{self.label}-train"), VQADataset(test, f"{self.label}-test")
+
+
+class Scenes(SyntheticVQA):
+    """Downstream procedural VQA: colour, shape, count, position and existence of shapes; reading signs."""
+
+    stream = 0
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config(SyntheticVQA.Config):
+        """``SyntheticVQA.Config`` with the downstream types and seed 0."""
+
+        seed: int = 0
+        types: Tuple[str, ...] = DOWNSTREAM_TYPES
+
+
+class ScenesPretrain(SyntheticVQA):
+    """Pretraining mix on the same generator: captions, object sizes, sign text colours (disjoint types)."""
+
+    stream = 1
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config(SyntheticVQA.Config):
+        """``SyntheticVQA.Config`` with the pretraining types and seed 1."""
+
+        seed: int = 1
+        types: Tuple[str, ...] = PRETRAIN_TYPES
