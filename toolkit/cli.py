@@ -1,4 +1,4 @@
-"""Command line: ``mmguard demo``, ``mmguard protect`` and ``mmguard train-purifier``."""
+"""Command line: ``mmguard demo``, ``protect``, ``matrix``, ``report``, ``train-purifier`` and ``data``."""
 from __future__ import annotations
 
 import argparse
@@ -113,6 +113,62 @@ def _cmd_train_purifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_make(args: argparse.Namespace) -> int:
+    import shutil
+
+    from PIL import Image
+
+    from .datasets import DATASETS
+
+    config = parse_config(args.set)
+    for key, value in (("n_train", args.n_train), ("n_test", args.n_test), ("image_size", args.image_size),
+                       ("seed", args.seed)):
+        if value is not None:
+            config[key] = value
+    dataset = DATASETS.create(args.name, **config)  # validates name and config before anything is written
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            raise ValueError(f"{out} is not empty; pass --overwrite to replace it")
+        shutil.rmtree(out / "images", ignore_errors=True)
+        for name in ("train.json", "test.json"):
+            (out / name).unlink(missing_ok=True)
+    start = time.perf_counter()
+    splits = dataset.build()
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    reserved = {"id", "image", "conversations", "choices"}
+    for split, data in zip(("train", "test"), splits):
+        records = []
+        for s in data:
+            relative = f"images/{s.id}.png"
+            Image.fromarray(s.image).save(out / relative)
+            record: Dict[str, Any] = {"id": s.id, "image": relative, "conversations": [
+                {"from": "human", "value": "<image>\n" + s.question}, {"from": "gpt", "value": s.answer}]}
+            if s.choices is not None:
+                record["choices"] = list(s.choices)
+            record.update({k: v for k, v in dict(s.meta).items() if k not in reserved})
+            records.append(record)
+        (out / f"{split}.json").write_text(json.dumps(records))
+    print(f"wrote {len(splits[0])} train and {len(splits[1])} test samples of {args.name} to {out} "
+          f"(train.json, test.json, images/) in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _cmd_data_list(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .datasets import DATASETS
+
+    for name in DATASETS.names():
+        cls = DATASETS.get(name)
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        defaults = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Config))
+        print(f"{name}: {summary}\n    {defaults}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mmguard`` argument parser."""
     parser = argparse.ArgumentParser(prog="mmguard", description="MMGuard Toolkit: protect image+text data "
@@ -175,6 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
     purifier.add_argument("--overwrite", action="store_true")
     purifier.add_argument("--quiet", action="store_true")
     purifier.set_defaults(func=_cmd_train_purifier)
+
+    data = sub.add_parser("data", help="build registered datasets (procedural scenes, digits) as LLaVA JSON")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    make = data_sub.add_parser("make", help="write DIR/train.json, DIR/test.json and DIR/images/*.png")
+    make.add_argument("name", help="registered dataset name (see `mmguard data list`)")
+    make.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
+    make.add_argument("--n-train", type=int, default=None, help="training samples")
+    make.add_argument("--n-test", type=int, default=None, help="test samples")
+    make.add_argument("--image-size", type=int, default=None, help="image side in pixels")
+    make.add_argument("--seed", type=int, default=None)
+    make.add_argument("--set", action="append", metavar="KEY=VALUE", help="dataset config entry (repeatable)")
+    make.add_argument("--overwrite", action="store_true",
+                      help="replace train.json, test.json and images/ in a non-empty folder")
+    make.set_defaults(func=_cmd_data_make)
+    listing = data_sub.add_parser("list", help="registered datasets with their config defaults")
+    listing.set_defaults(func=_cmd_data_list)
     return parser
 
 
