@@ -129,6 +129,7 @@ class MatrixSpec:
         if len(set(labels)) != len(labels):
             raise MatrixError(f"defense labels must be unique, got {labels}")
         data = dict(spec.get("data") or {"source": "digits"})
+        _check_data(data)
         attacker_clean = data.get("attacker_clean", 0)
         if not isinstance(attacker_clean, int) or attacker_clean < 0:
             raise MatrixError(f"data.attacker_clean: a sample count >= 0, got {attacker_clean!r}")
@@ -179,6 +180,51 @@ class MatrixSpec:
                    tuple(defenses), tuple(cms), victims, finetune, metrics, seeds)
 
 
+#: ``data`` keys the runner itself reads (never passed to a dataset's config)
+_RUNNER_DATA_KEYS = ("source", "attacker_clean")
+
+
+def _data_source(data: Dict[str, Any]) -> str:
+    """``data.source``: a registered dataset name or ``files``; default ``files`` when ``train``/``test`` are
+    given, else ``digits``."""
+    if "source" in data:
+        return data["source"]
+    return "files" if "train" in data or "test" in data else "digits"
+
+
+def _dataset_config(data: Dict[str, Any], seed: int) -> Dict[str, Any]:
+    """The registered dataset's config: the ``data`` keys the runner does not read; ``seed`` defaults to
+    the matrix seed."""
+    config = {k: v for k, v in data.items() if k not in _RUNNER_DATA_KEYS}
+    config.setdefault("seed", seed)
+    return config
+
+
+def _check_data(data: Dict[str, Any]) -> None:
+    """Validate ``data``: a registered ``source`` with a valid config, or ``files`` with ``train``/``test``."""
+    from .datasets import DATASETS
+
+    source = _data_source(data)
+    if source == "files":
+        for key in ("train", "test"):
+            if not isinstance(data.get(key), str) or not data[key]:
+                raise MatrixError(f"data.{key}: the {key} split's file (.json / .jsonl) for source files, "
+                                  f"got {data.get(key)!r}")
+        extra = sorted(set(data) - {"train", "test", *_RUNNER_DATA_KEYS})
+        if extra:
+            raise MatrixError(f"data: unknown keys {extra} for source files; valid: attacker_clean, source, "
+                              "test, train")
+        return
+    if not isinstance(source, str) or source not in DATASETS:
+        raise MatrixError(f"data.source: unknown dataset {source!r}; known: files, {', '.join(DATASETS.names())}")
+    try:
+        DATASETS.create(source, **_dataset_config(data, 0))
+    except TypeError as exc:
+        raise MatrixError(f"data: {exc}") from None
+    except ValueError as exc:
+        raise MatrixError(f"data.{exc}") from None
+
+
 def _check_finetune(finetune: Dict[str, Any], data: Dict[str, Any]) -> None:
     """Validate the recipe (``FineTune`` fields) and its optional ``pretrain`` stage before any work."""
     from .attacks import FineTune
@@ -194,7 +240,7 @@ def _check_finetune(finetune: Dict[str, Any], data: Dict[str, Any]) -> None:
     if not isinstance(pre, dict) or ("task" in pre) == ("data" in pre):
         raise MatrixError("finetune.pretrain: give exactly one of 'task: NAME' (digits) or 'data: FILE'")
     if "task" in pre:
-        if data.get("source", "digits") != "digits" or pre["task"] not in TASKS:
+        if _data_source(data) != "digits" or pre["task"] not in TASKS:
             raise MatrixError(f"finetune.pretrain.task: one of {sorted(TASKS)} on the digits source, "
                               f"got {pre['task']!r}")
         if not data.get("attacker_clean"):
@@ -320,18 +366,21 @@ class _Runner:
     def data(self, seed: int):
         """(owner's training split, test split, attacker's clean share or None) for ``seed``.
 
+        ``data.source`` is a registered dataset (``toolkit.datasets.DATASETS``: ``digits``,
+        ``scenes``, ...) built with the other ``data`` keys as its config (``seed``: the matrix
+        seed unless ``data.seed`` is given), or ``files`` (``data.train`` / ``data.test``).
         With ``data.attacker_clean: N``, N training samples (seeded choice) are the
         attacker's own clean data, disjoint from what the owner protects.
         """
         from .data import load_dataset
-        from .digits import load_digits_vqa
+        from .datasets import DATASETS
 
         d = self.spec.data
-        if d.get("source", "digits") == "digits":
-            train, test = load_digits_vqa(image_size=int(d.get("image_size", 32)), seed=seed,
-                                          limit=int(d.get("limit", 0)), task=d.get("task", "digit"))
-        else:
+        source = _data_source(d)
+        if source == "files":
             train, test = load_dataset(d["train"]), load_dataset(d["test"])
+        else:
+            train, test = DATASETS.create(source, **_dataset_config(d, seed)).build()
         n_att = int(d.get("attacker_clean", 0))
         if not n_att:
             return train, test, None
@@ -469,7 +518,7 @@ class _Runner:
         """
         from .attacks import FineTune
         from .data import load_dataset
-        from .digits import load_digits_vqa
+        from .datasets import DATASETS
         from .surrogates import load_surrogate
 
         pre = self.spec.finetune.get("pretrain")
@@ -479,10 +528,8 @@ class _Runner:
         if not self.cache.has("pretrain", key):
             def build(tmp: Path) -> Dict[str, Any]:
                 if "task" in pre:
-                    d = self.spec.data
-                    relabelled = {s.id: s for s in load_digits_vqa(
-                        image_size=int(d.get("image_size", 32)), seed=seed, limit=int(d.get("limit", 0)),
-                        task=pre["task"])[0]}
+                    config = {**_dataset_config(self.spec.data, seed), "task": pre["task"]}
+                    relabelled = {s.id: s for s in DATASETS.create("digits", **config).build()[0]}
                     data = attacker_clean.replace_samples([relabelled[s.id] for s in attacker_clean],
                                                           f"attacker-{pre['task']}")
                 else:
