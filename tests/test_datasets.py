@@ -1,0 +1,371 @@
+"""Procedural VQA datasets: determinism, disjoint splits, coverage of the grammar, answers vs the scene spec,
+rendering, config validation, the `mmguard data` CLI and the matrix data sources."""
+import hashlib
+import json
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from toolkit.cli import main
+from toolkit.data import load_dataset
+from toolkit.datasets import DATASETS, answer_words, render_spec, vocabulary
+from toolkit.datasets import grammar, synthetic
+from toolkit.datasets.grammar import ANSWER_WORDS, CAPTION_SUFFIXES, PREFIXES, QA_TYPES, STEMS, SUFFIXES, TYPES
+from toolkit.datasets.scene import Sign
+from toolkit.datasets.vocab import COL_WORDS, COLOURS, NUMBER_WORDS, ROW_WORDS, SHAPES, WORDS
+from toolkit.digits import load_digits_vqa
+from toolkit.matrix import MatrixError, MatrixSpec, _Runner
+
+DOWNSTREAM = ("colour", "shape", "count", "position", "exist", "read")
+PRETRAIN = ("caption", "size", "text_colour")
+
+
+def _digest(image):
+    return hashlib.sha256(image.tobytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def downstream():
+    return DATASETS.create("scenes", n_train=2000, n_test=1, image_size=32).build()[0]
+
+
+@pytest.fixture(scope="module")
+def pretrain():
+    return DATASETS.create("scenes_pretrain", n_train=2000, n_test=1, image_size=32).build()[0]
+
+
+@pytest.fixture(scope="module")
+def everything():
+    """5000 samples of every question type."""
+    return DATASETS.create("scenes", n_train=5000, n_test=1, image_size=32, types=TYPES, seed=11).build()[0]
+
+
+def _same(a, b):
+    return (len(a) == len(b) and all(x.id == y.id and x.question == y.question and x.answer == y.answer
+                                     and x.image.tobytes() == y.image.tobytes() and x.meta == y.meta
+                                     for x, y in zip(a, b)))
+
+
+# ------------------------------------------------------------------ determinism and splits
+def test_same_seed_same_data_other_seed_other_data():
+    make = lambda seed: DATASETS.create("scenes", n_train=60, n_test=30, image_size=32, seed=seed).build()
+    (a_train, a_test), (b_train, b_test), (c_train, c_test) = make(3), make(3), make(4)
+    assert _same(a_train, b_train) and _same(a_test, b_test)
+    assert [s.question for s in a_train] != [s.question for s in c_train]
+    assert {_digest(s.image) for s in a_train}.isdisjoint({_digest(s.image) for s in c_train})
+    assert a_train[0].id == "scenes-train-000000" and a_test[29].id == "scenes-test-000029"
+    assert a_train.name == "scenes-train" and {s.meta["split"] for s in a_test} == {"test"}
+
+
+def test_pretrain_mix_has_its_own_seed_and_disjoint_types(downstream, pretrain):
+    scenes, pre = DATASETS.create("scenes"), DATASETS.create("scenes_pretrain")
+    assert set(scenes.config.types) == set(DOWNSTREAM) and set(pre.config.types) == set(PRETRAIN)
+    assert set(scenes.config.types).isdisjoint(pre.config.types)
+    assert scenes.config.seed != pre.config.seed
+    assert {s.meta["qtype"] for s in downstream}.isdisjoint({s.meta["qtype"] for s in pretrain})
+    # even with one seed, the two tasks draw different images
+    a = DATASETS.create("scenes", n_train=50, n_test=1, seed=5, types=("read",)).build()[0]
+    b = DATASETS.create("scenes_pretrain", n_train=50, n_test=1, seed=5, types=("read",)).build()[0]
+    assert {_digest(s.image) for s in a}.isdisjoint({_digest(s.image) for s in b})
+
+
+def test_train_and_test_images_are_disjoint():
+    train, test = DATASETS.create("scenes", n_train=600, n_test=300, image_size=32, seed=2).build()
+    assert len(train) == 600 and len(test) == 300
+    assert {_digest(s.image) for s in train}.isdisjoint({_digest(s.image) for s in test})
+    pairs = [(_digest(s.image), s.question) for s in train]
+    assert len(set(pairs)) == len(pairs)
+
+
+def test_identical_renders_are_redrawn(monkeypatch):
+    """With only three possible signs, the test split gets none of the images the train split used."""
+    specs = [Sign(w, "red", "white", (245, 245, 245), 1) for w in ("cat", "dog", "sun")]
+    monkeypatch.setattr(synthetic, "sample_sign", lambda rng: specs[int(rng.integers(3))])
+    train, test = DATASETS.create("scenes", n_train=2, n_test=3, image_size=32, types=("read",)).build()
+    train_images = {_digest(s.image) for s in train}
+    assert {_digest(s.image) for s in test}.isdisjoint(train_images)
+    assert len({(_digest(s.image), s.question) for s in test}) == 3
+
+
+# ------------------------------------------------------------------ grammar coverage
+def test_every_type_appears_and_questions_vary(downstream, pretrain):
+    for data, types in ((downstream, DOWNSTREAM), (pretrain, PRETRAIN)):
+        counts = Counter(s.meta["qtype"] for s in data)
+        assert set(counts) == set(types)
+        assert min(counts.values()) > len(data) / len(types) * 0.7  # uniform mix
+    assert len({s.question for s in downstream}) > 500
+    assert len({s.question for s in pretrain}) > 500
+
+
+def test_every_stem_prefix_and_suffix_appears(everything):
+    templates = {s.meta["template"] for s in everything}
+    assert templates == {f"{t}.{i}" for t in TYPES for i in range(len(STEMS[t]))}
+    assert all(len(STEMS[t]) >= 5 for t in QA_TYPES)
+    qa = [s for s in everything if s.meta["qtype"] != "caption"]
+    captions = [s for s in everything if s.meta["qtype"] == "caption"]
+    assert {s.meta["style"]["prefix"] for s in everything} == set(range(len(PREFIXES)))
+    assert {s.meta["style"]["suffix"] for s in qa} == set(range(len(SUFFIXES)))
+    assert {s.meta["style"]["suffix"] for s in captions} == set(range(len(CAPTION_SUFFIXES)))
+    assert {s.meta["style"]["where"] for s in everything} == {"none", "after", "front"}
+    questions = [s.question for s in everything]
+    for prefix in filter(None, PREFIXES):
+        starts = {prefix.format(picture=p) for p in grammar.PICTURE_NOUNS}
+        assert any(q.startswith(tuple(starts)) for q in questions), prefix
+    for suffix in filter(None, SUFFIXES):
+        assert any(s.question.endswith(" " + suffix) for s in qa), suffix
+    for suffix in filter(None, CAPTION_SUFFIXES):
+        assert any(s.question.endswith(" " + suffix) for s in captions), suffix
+    assert not any("word" in s.question for s in captions)  # no "Answer with one word." on a caption
+    for word in ("colour", "color", "picture", "image", "photo", "written", "shown", "printed", "object",
+                 "item", "thing"):
+        assert any(re.search(rf"\b{word}s?\b", q) for q in questions), word
+    assert any(q.startswith("In the ") for q in questions) and any(q.startswith("In this ") for q in questions)
+
+
+def test_questions_are_clean_sentences(everything):
+    vocab = set(vocabulary())
+    for s in everything:
+        q = s.question
+        assert q.isascii() and q[0].isupper() and q[-1] in "?." and "  " not in q and "{" not in q, q
+        assert set(re.findall(r"[a-z]+", q.lower())) <= vocab | set(WORDS), q
+
+
+# ------------------------------------------------------------------ answers vs the scene spec
+def _matching(objects, ref):
+    return [o for o in objects if all(o[k] == v for k, v in ref.items())]
+
+
+def _words(text):
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def test_answers_agree_with_the_scene(everything):
+    for s in everything:
+        qtype, scene, query, q = s.meta["qtype"], s.meta["scene"], s.meta["query"], s.question
+        assert scene["domain"] in grammar.DOMAINS[qtype]
+        if qtype != "caption":
+            assert re.fullmatch(r"[a-z]+", s.answer) and s.answer in ANSWER_WORDS[qtype], (qtype, s.answer)
+        words = _words(q)
+        if qtype in ("colour", "shape", "size", "position"):
+            (obj,) = _matching(scene["objects"], query["ref"])  # the reference is unique
+            assert set(query["ref"].values()) <= words | {w + "s" for w in words}, q
+            if qtype == "position":
+                axis = query["axis"]
+                assert s.answer == (COL_WORDS[obj["col"]] if axis == "horizontal" else ROW_WORDS[obj["row"]])
+                assert ("horizontally" in q or "left" in q) == (axis == "horizontal"), q
+            else:
+                assert qtype not in query["ref"] and s.answer == obj[qtype]
+            if qtype == "colour":
+                assert not words & set(COLOURS), q  # the question does not give the answer away
+            if qtype == "shape":
+                assert not words & set(SHAPES), q
+        elif qtype == "count":
+            objs = scene["objects"]
+            n = len(objs) if query["of"] == "total" else sum(o[query["of"]] == query["value"] for o in objs)
+            assert s.answer == NUMBER_WORDS[n]
+            if query["value"]:
+                assert query["value"] in q
+        elif qtype == "exist":
+            present = any(o["colour"] == query["colour"] and o["shape"] == query["shape"] for o in scene["objects"])
+            assert s.answer == ("yes" if present else "no")
+            assert f"{query['colour']} {query['shape']}" in q
+        elif qtype == "read":
+            assert s.answer == scene["word"]
+        elif qtype == "text_colour":
+            assert s.answer == scene["text_colour"]
+        elif qtype == "caption":
+            if scene["domain"] == "signs":
+                assert s.answer.startswith(f"the word {scene['word']} in {scene['text_colour']} on "
+                                           f"{scene['background']} ")
+            else:
+                described = re.findall(r"a (small|large) (\w+) (\w+)", s.answer)
+                ordered = sorted(scene["objects"], key=lambda o: (o["row"], o["col"]))
+                assert described == [(o["size"], o["colour"], o["shape"]) for o in ordered]
+
+
+def test_counts_include_zero_and_exist_is_balanced(downstream, everything):
+    exist = [s.answer for s in downstream if s.meta["qtype"] == "exist"]
+    assert len(exist) > 200 and 0.35 <= exist.count("yes") / len(exist) <= 0.65
+    counts = Counter(s.answer for s in everything if s.meta["qtype"] == "count")
+    assert set(counts) == set(NUMBER_WORDS)
+    for t in QA_TYPES:
+        answers = {s.answer for s in everything if s.meta["qtype"] == t}
+        assert answers == set(ANSWER_WORDS[t]), t  # every possible answer occurs
+
+
+def test_answer_words_helper():
+    assert set(answer_words(["colour", "exist"])) == set(COLOURS) | {"yes", "no"}
+    assert set(answer_words()) == set().union(*ANSWER_WORDS.values())
+    assert answer_words(["caption"]) == ()
+    with pytest.raises(ValueError, match="unknown question type"):
+        answer_words(["vibes"])
+
+
+# ------------------------------------------------------------------ rendering
+@pytest.mark.parametrize("size", [32, 48, 64])
+def test_images_have_the_requested_size_and_render_from_the_spec(size):
+    data = DATASETS.create("scenes", n_train=30, n_test=5, image_size=size, seed=size).build()[0]
+    for s in data:
+        assert s.image.shape == (size, size, 3) and s.image.dtype == np.uint8
+        assert np.array_equal(render_spec(s.meta["scene"], size), s.image)  # the spec is the whole truth
+
+
+def test_signs_show_their_text_and_scenes_their_objects(everything):
+    signs = [s for s in everything if s.meta["domain"] == "signs"][:200]
+    scenes = [s for s in everything if s.meta["domain"] == "scenes"][:200]
+    assert signs and scenes
+    for s in signs:
+        pixels = s.image.reshape(-1, 3)
+        text = np.all(pixels == COLOURS[s.meta["scene"]["text_colour"]], axis=1).sum()
+        assert len(np.unique(pixels, axis=0)) > 2 and 0 < text < len(pixels) / 2
+    for s in scenes:
+        pixels = s.image.reshape(-1, 3)
+        for obj in s.meta["scene"]["objects"]:
+            assert np.all(pixels == COLOURS[obj["colour"]], axis=1).any()
+        bg = np.asarray(s.meta["scene"]["background"])
+        assert (np.all(pixels == bg, axis=1).mean()) > 0.3
+    # words are not drawn identically: one word, two signs with different layouts give different images
+    a = render_spec(Sign("cake", "green", "yellow", (240, 210, 40), 0), 48)
+    b = render_spec(Sign("cake", "green", "yellow", (240, 210, 40), 2), 48)
+    c = render_spec(Sign("milk", "green", "yellow", (240, 210, 40), 0), 48)
+    assert not np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+# ------------------------------------------------------------------ config validation
+@pytest.mark.parametrize("config, message", [
+    ({"types": ("colour", "bogus")}, "types"),
+    ({"types": ()}, "types"),
+    ({"types": ("colour", "colour")}, "types"),
+    ({"image_size": 16}, "image_size"),
+    ({"image_size": 48.5}, "image_size"),
+    ({"n_train": 0}, "n_train"),
+    ({"n_test": -1}, "n_test"),
+    ({"seed": -2}, "seed"),
+])
+def test_bad_configs_name_the_field(config, message):
+    with pytest.raises(ValueError, match=message):
+        DATASETS.create("scenes", **config)
+
+
+def test_unknown_keys_and_names():
+    with pytest.raises(TypeError, match="unknown config key"):
+        DATASETS.create("scenes", limit=3)
+    with pytest.raises(KeyError, match="unknown dataset"):
+        DATASETS.create("imagenet")
+    assert DATASETS.create("scenes", types="count, read").config.types == ("count", "read")
+    assert set(DATASETS.names()) >= {"scenes", "scenes_pretrain", "digits"}
+
+
+def test_digits_entry_wraps_load_digits_vqa():
+    train, test = DATASETS.create("digits", limit=40, seed=3, task="parity").build()
+    ref_train, ref_test = load_digits_vqa(limit=40, seed=3, task="parity")
+    assert _same(train, ref_train) and _same(test, ref_test)
+    with pytest.raises(ValueError, match="task"):
+        DATASETS.create("digits", task="chess")
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_make_writes_llava_json_that_loads_back(tmp_path, capsys):
+    out = tmp_path / "scenes"
+    assert main(["data", "make", "scenes", "--out", str(out), "--n-train", "20", "--n-test", "10"]) == 0
+    train, test = DATASETS.create("scenes", n_train=20, n_test=10).build()
+    for split, expected in (("train", train), ("test", test)):
+        loaded = load_dataset(out / f"{split}.json")
+        assert _same(loaded, expected)
+        record = json.loads((out / f"{split}.json").read_text())[0]
+        assert record["image"] == f"images/{expected[0].id}.png"
+        assert record["conversations"][0] == {"from": "human", "value": "<image>\n" + expected[0].question}
+    assert len(list((out / "images").glob("*.png"))) == 30
+    capsys.readouterr()
+    # a non-empty folder is refused and left as it was
+    before = (out / "train.json").read_text()
+    assert main(["data", "make", "scenes", "--out", str(out), "--n-train", "5", "--n-test", "5"]) == 2
+    assert "not empty" in capsys.readouterr().err and (out / "train.json").read_text() == before
+    assert main(["data", "make", "scenes_pretrain", "--out", str(out), "--n-train", "5", "--n-test", "4",
+                 "--image-size", "40", "--seed", "7", "--overwrite"]) == 0
+    loaded = load_dataset(out / "test.json")
+    assert len(loaded) == 4 and loaded[0].image.shape == (40, 40, 3)
+    assert len(list((out / "images").glob("*.png"))) == 9
+
+
+def test_cli_bad_config_is_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "x"
+    assert main(["data", "make", "scenes", "--out", str(out), "--set", "colour=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: scenes: unknown config key(s) ['colour']") and err.count("\n") == 1
+    assert main(["data", "make", "scenes", "--out", str(out), "--image-size", "16"]) == 2
+    assert "image_size" in capsys.readouterr().err
+    assert main(["data", "make", "nope", "--out", str(out)]) == 2
+    assert "unknown dataset 'nope'" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["data", "make", "scenes", "--out", str(out), "--n-train", "3", "--n-test", "2",
+                 "--set", 'types=["read","count"]']) == 0
+    assert {s.meta["qtype"] for s in load_dataset(out / "train.json")} <= {"read", "count"}
+
+
+def test_cli_list(capsys):
+    assert main(["data", "list"]) == 0
+    text = capsys.readouterr().out
+    for name in ("scenes", "scenes_pretrain", "digits"):
+        assert re.search(rf"^{name}: \S", text, re.M)
+    assert "n_train=4000" in text and "image_size=48" in text
+
+
+# ------------------------------------------------------------------ matrix data sources
+def _matrix(data, **extra):
+    return {"name": "data", "data": data, "models": {"v": {"tiny": "llava"}}, "victims": ["v"], **extra}
+
+
+def test_matrix_builds_a_registered_dataset(tmp_path):
+    spec = MatrixSpec.from_dict(_matrix({"source": "scenes", "n_train": 40, "n_test": 20, "image_size": 32}))
+    runner = _Runner(spec, tmp_path, False, "cpu", "float32")
+    train, test, clean = runner.data(0)
+    assert (len(train), len(test), clean) == (40, 20, None) and train[0].image.shape == (32, 32, 3)
+    assert _same(train, DATASETS.create("scenes", n_train=40, n_test=20, image_size=32, seed=0).build()[0])
+    other = runner.data(1)[0]  # the matrix seed is the dataset's seed ...
+    assert [s.question for s in other] != [s.question for s in train]
+    pinned = MatrixSpec.from_dict(_matrix({"source": "scenes", "n_train": 40, "n_test": 20, "image_size": 32,
+                                           "seed": 9, "attacker_clean": 10}))
+    runner = _Runner(pinned, tmp_path, False, "cpu", "float32")
+    (a, _, ca), (b, _, cb) = runner.data(0), runner.data(1)  # ... unless data.seed pins it
+    assert (len(a), len(ca)) == (30, 10) and {s.id for s in a} | {s.id for s in ca} == \
+        {s.id for s in DATASETS.create("scenes", n_train=40, n_test=20, image_size=32, seed=9).build()[0]}
+    assert {s.question for s in a} | {s.question for s in ca} == {s.question for s in b} | {s.question for s in cb}
+
+
+def test_matrix_digits_source_is_unchanged(tmp_path):
+    spec = MatrixSpec.from_dict(_matrix({"source": "digits", "image_size": 32, "limit": 60}))
+    train, test, _ = _Runner(spec, tmp_path, False, "cpu", "float32").data(2)
+    ref_train, ref_test = load_digits_vqa(image_size=32, seed=2, limit=60)
+    assert _same(train, ref_train) and _same(test, ref_test)
+
+
+def test_matrix_files_source(tmp_path):
+    out = tmp_path / "d"
+    assert main(["data", "make", "scenes", "--out", str(out), "--n-train", "6", "--n-test", "4"]) == 0
+    spec = MatrixSpec.from_dict(_matrix({"source": "files", "train": str(out / "train.json"),
+                                         "test": str(out / "test.json")}))
+    train, test, _ = _Runner(spec, tmp_path, False, "cpu", "float32").data(0)
+    assert (len(train), len(test)) == (6, 4)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"source": "imagenet"}, "data.source: unknown dataset 'imagenet'"),
+    ({"source": "scenes", "limit": 10}, "data: scenes: unknown config key"),
+    ({"source": "scenes", "image_size": 16}, "data.image_size"),
+    ({"source": "scenes", "types": ["read", "vibes"]}, "data.types"),
+    ({"source": "digits", "task": "chess"}, "data.task"),
+    ({"source": "files", "train": "a.json"}, "data.test"),
+])
+def test_matrix_rejects_bad_data(data, message):
+    with pytest.raises(MatrixError, match=re.escape(message)):
+        MatrixSpec.from_dict(_matrix(data))
+
+
+def test_matrix_digits_pretrain_task_needs_the_digits_source():
+    pre = {"finetune": {"pretrain": {"task": "numeral"}}}
+    with pytest.raises(MatrixError, match="finetune.pretrain.task"):
+        MatrixSpec.from_dict(_matrix({"source": "scenes", "attacker_clean": 5}, **pre))
+    assert MatrixSpec.from_dict(_matrix({"source": "digits", "attacker_clean": 5}, **pre))
