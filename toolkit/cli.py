@@ -169,6 +169,51 @@ def _cmd_data_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_zoo_list(args: argparse.Namespace) -> int:
+    from .zoo import ZOO, cache_root, packaged_folder, read_card, recipe_hash
+
+    for name, recipe in sorted(ZOO.items()):
+        shipped = packaged_folder(name)
+        cached = cache_root() / f"{name}-{recipe_hash(recipe)}"
+        where = "packaged" if shipped else ("cached" if (cached / "zoo_card.json").is_file() else "not built")
+        line = f"{name}: {recipe.summary} [{recipe.family}; {where}]"
+        folder = shipped or (cached if where == "cached" else None)
+        if folder is not None:
+            scores = read_card(folder)["pretrain_scores"]
+            line += "\n    held-out pretraining accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
+            line += f"\n    folder: {folder}"
+        print(line)
+    return 0
+
+
+def _cmd_zoo_build(args: argparse.Namespace) -> int:
+    import torch
+
+    from .zoo import ZOO, build_zoo_model, read_card, zoo_folder
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = args.names or sorted(ZOO)
+    unknown = [n for n in names if n not in ZOO]
+    if unknown:
+        raise ValueError(f"unknown zoo model(s) {unknown}; known: {sorted(ZOO)}")
+    for name in names:
+        start = time.perf_counter()
+        if args.out:
+            target = Path(args.out) / name
+            if target.exists() and args.overwrite:
+                import shutil
+
+                shutil.rmtree(target)
+            folder = build_zoo_model(name, target, device=args.device, progress=not args.quiet)
+        else:
+            folder = zoo_folder(name, device=args.device, progress=not args.quiet)
+        card = read_card(folder)
+        print(f"{name}: {folder} ({time.perf_counter() - start:.0f} s; held-out pretraining accuracy "
+              f"{card['pretrain_scores']['all']:.3f})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mmguard`` argument parser."""
     parser = argparse.ArgumentParser(prog="mmguard", description="MMGuard Toolkit: protect image+text data "
@@ -231,6 +276,19 @@ def build_parser() -> argparse.ArgumentParser:
     purifier.add_argument("--overwrite", action="store_true")
     purifier.add_argument("--quiet", action="store_true")
     purifier.set_defaults(func=_cmd_train_purifier)
+
+    zoo = sub.add_parser("zoo", help="the pretrained tiny model zoo: list, build")
+    zoo_sub = zoo.add_subparsers(dest="zoo_command", required=True)
+    zoo_list = zoo_sub.add_parser("list", help="each zoo model, where it is and its held-out pretraining scores")
+    zoo_list.set_defaults(func=_cmd_zoo_list)
+    zoo_build = zoo_sub.add_parser("build", help="build zoo models (default: all) into the cache or --out")
+    zoo_build.add_argument("names", nargs="*", help="zoo model names (default: every one)")
+    zoo_build.add_argument("--out", default=None, help="write OUT/NAME instead of the cache (e.g. to package them)")
+    zoo_build.add_argument("--overwrite", action="store_true", help="replace OUT/NAME if it exists")
+    zoo_build.add_argument("--device", default="cpu")
+    zoo_build.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    zoo_build.add_argument("--quiet", action="store_true")
+    zoo_build.set_defaults(func=_cmd_zoo_build)
 
     data = sub.add_parser("data", help="build registered datasets (procedural scenes, digits) as LLaVA JSON")
     data_sub = data.add_subparsers(dest="data_command", required=True)

@@ -106,8 +106,13 @@ class MatrixSpec:
             raise MatrixError(f"unknown spec keys {sorted(unknown)}; valid: {sorted(_TOP_KEYS)}")
         models = dict(spec.get("models") or {})
         for key, m in models.items():
-            if not isinstance(m, dict) or not (("tiny" in m) ^ ("path" in m)):
-                raise MatrixError(f"models.{key}: give exactly one of 'tiny: FAMILY' or 'path: FOLDER'")
+            if not isinstance(m, dict) or sum(k in m for k in ("tiny", "path", "zoo")) != 1:
+                raise MatrixError(f"models.{key}: give exactly one of 'tiny: FAMILY', 'zoo: NAME' or 'path: FOLDER'")
+            if "zoo" in m:
+                from .zoo import ZOO
+
+                if m["zoo"] not in ZOO or set(m) != {"zoo"}:
+                    raise MatrixError(f"models.{key}.zoo: one of {sorted(ZOO)} and no other keys, got {m!r}")
         defenses = [DefenseSpec("clean", None)]
         for i, d in enumerate(spec.get("defenses") or []):
             name = d.get("name")
@@ -333,8 +338,10 @@ class _Runner:
         if name in self.folders:
             return self.folders[name]
         m = self.spec.models[name]
-        if "path" in m:
-            folder = Path(m["path"]).expanduser()
+        if "path" in m or "zoo" in m:
+            from .zoo import zoo_folder
+
+            folder = zoo_folder(m["zoo"], progress=self.progress) if "zoo" in m else Path(m["path"]).expanduser()
             self.families[name] = model_type_of(folder)
         else:
             family, seed = m["tiny"], int(m.get("seed", 0))
@@ -353,6 +360,10 @@ class _Runner:
         m = self.spec.models[name]
         if "tiny" in m:
             return {"tiny": m}
+        if "zoo" in m:
+            from .zoo import ZOO, recipe_hash
+
+            return {"zoo": m["zoo"], "recipe": recipe_hash(ZOO[m["zoo"]])}
         folder = self.model_folder(name)
         config = folder / "config.json"
         files = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file())

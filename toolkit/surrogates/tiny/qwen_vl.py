@@ -64,6 +64,10 @@ def _token_ids(tokenizer) -> Dict[str, int]:
 
 
 def _text_kwargs(tokenizer, hidden_size: int, num_layers: int, mrope_section) -> Dict[str, Any]:
+    # M-RoPE sections are given for hidden 64 (4 heads of 16: 8 rotary pairs); scale them with the head size
+    if hidden_size % 64:
+        raise ValueError(f"hidden_size must be a multiple of 64 for the M-RoPE sections, got {hidden_size}")
+    mrope_section = [int(m) * (hidden_size // 64) for m in mrope_section]
     return dict(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,

@@ -1,0 +1,29 @@
+"""The zoo's registered recipes (see :mod:`toolkit.zoo.recipes`)."""
+from __future__ import annotations
+
+from .recipes import ZooRecipe, register_zoo
+
+_PRETRAIN_DATA = {"name": "scenes_pretrain", "n_train": 12000, "n_test": 600, "image_size": 48, "seed": 1000}
+_PRETRAIN = {"mode": "full", "epochs": 8, "lr": 1e-3, "batch_size": 64, "warmup": 0.05, "weight_decay": 0.01,
+             "schedule": "cosine"}
+
+register_zoo(ZooRecipe(
+    name="llava-a", family="llava", seed=0,
+    arch={"image_size": 48, "patch_size": 8, "hidden_size": 128, "num_layers": 2, "vision_hidden_size": 64,
+          "vision_layers": 2, "vocab_size": 800},
+    data=_PRETRAIN_DATA, train=_PRETRAIN,
+    summary="tiny LLaVA-1.5 (CLIP ViT + Llama), pretrained on the scenes_pretrain mix"))
+
+register_zoo(ZooRecipe(
+    name="qwen2vl-a", family="qwen2_vl", seed=0,
+    arch={"min_side": 48, "max_side": 48, "patch_size": 6, "hidden_size": 128, "num_layers": 2,
+          "vision_hidden_size": 64, "vision_layers": 2, "vocab_size": 800},
+    data=_PRETRAIN_DATA, train=_PRETRAIN,
+    summary="tiny Qwen2-VL (patch ViT + 2x2 merger + M-RoPE Qwen2), pretrained on the scenes_pretrain mix"))
+
+register_zoo(ZooRecipe(
+    name="gemma3-a", family="gemma3", seed=0,
+    arch={"image_size": 48, "patch_size": 4, "tokens_per_side": 4, "hidden_size": 128, "num_layers": 2,
+          "vision_hidden_size": 64, "vision_layers": 2, "vocab_size": 800},
+    data=_PRETRAIN_DATA, train=_PRETRAIN,
+    summary="tiny Gemma 3 (SigLIP ViT + pooled projector + Gemma 3), pretrained on the scenes_pretrain mix"))

@@ -1,0 +1,77 @@
+"""Recipes of the pretrained tiny model zoo: architecture, pretraining data and schedule.
+
+A zoo model is a tiny random-initialised LVLM of a real transformers family
+(:mod:`toolkit.surrogates.tiny`) that is then *pretrained* on a task mix that is
+disjoint from the downstream (protected) task: the ``scenes_pretrain`` mix of
+:mod:`toolkit.datasets` (captions, object size, text colour), while the
+downstream ``scenes`` task asks colour / shape / count / position / existence /
+read-the-word questions. So a zoo model arrives at the downstream data with
+visual and language priors, as a real LVLM does, and an attacker adapts it with
+LoRA, as in the MMGuard paper's setting.
+
+Every field below is an argument of the build, so a recipe is data: its hash
+names the cache folder of a model built on demand, and the model card written
+next to the weights records it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, Tuple
+
+__all__ = ["ZooRecipe", "ZOO", "register_zoo", "recipe_hash", "DOWNSTREAM", "TOKENIZER_CORPUS"]
+
+
+@dataclass(frozen=True)
+class ZooRecipe:
+    """How one zoo model is built.
+
+    Attributes:
+        name: zoo name (``llava-a``); the folder a user passes as ``--surrogate``.
+        family: tiny builder family (``llava``, ``qwen2_vl``, ``gemma3``).
+        arch: builder keyword arguments (sizes, image size, vocabulary size).
+        seed: weight-initialisation seed of the random model.
+        data: pretraining dataset config (``name`` + its config; a registered
+            :data:`toolkit.datasets.DATASETS` entry).
+        train: :class:`toolkit.attacks.FineTune` config of the pretraining run
+            (``mode`` full).
+        summary: one line for ``mmguard zoo list``.
+    """
+
+    name: str
+    family: str
+    arch: Dict[str, Any]
+    seed: int
+    data: Dict[str, Any]
+    train: Dict[str, Any]
+    summary: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain-JSON view (model cards, cache keys)."""
+        return dataclasses.asdict(self)
+
+
+def recipe_hash(recipe: ZooRecipe) -> str:
+    """Short content hash of a recipe (names its on-demand cache folder)."""
+    text = json.dumps(recipe.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+#: name -> recipe of every zoo model
+ZOO: Dict[str, ZooRecipe] = {}
+
+
+def register_zoo(recipe: ZooRecipe) -> ZooRecipe:
+    """Add ``recipe`` to :data:`ZOO` (names are unique)."""
+    if recipe.name in ZOO:
+        raise ValueError(f"zoo model {recipe.name!r} is already registered")
+    ZOO[recipe.name] = recipe
+    return recipe
+
+
+#: the downstream task the zoo is meant to meet (not used in pretraining)
+DOWNSTREAM: Dict[str, Any] = {"name": "scenes"}
+#: datasets whose questions and answers train the zoo tokenizers (so task words are single tokens)
+TOKENIZER_CORPUS: Tuple[str, ...] = ("scenes", "scenes_pretrain")
