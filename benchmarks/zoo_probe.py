@@ -8,7 +8,8 @@ and score it again. One JSON line per (variant, downstream seed) in ``--out``.
     .venv/bin/python benchmarks/zoo_probe.py --variants probe.json --out runs/zoo_probe.jsonl
     # probe.json: [{"label": "base", "family": "llava", "arch": {...}, "data": {...}, "train": {...}}, ...]
 
-A variant's ``"downstream"`` entry overrides the downstream dataset config. Fields left out of a variant come from the zoo recipe named by ``"base"`` (default
+A variant's ``"keep": FOLDER`` keeps the built model there (and reuses it when it is
+there already); its ``"downstream"`` entry overrides the downstream dataset config. Fields left out of a variant come from the zoo recipe named by ``"base"`` (default
 the first registered recipe of the variant's family). ``--jobs N`` runs N
 variants in parallel processes (for a machine with many cores or a GPU).
 """
@@ -43,7 +44,9 @@ def run_one(variant: dict, device: str, downstream: dict, loras: list, seeds, th
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        folder = build_zoo_model(recipe, Path(tmp) / "model", device=device)
+        folder = Path(variant["keep"]) if "keep" in variant else Path(tmp) / "model"
+        if not (folder / "zoo_card.json").is_file():
+            build_zoo_model(recipe, folder, device=device)
         build_s = time.perf_counter() - start
         card = read_card(folder)
         image_size = int(recipe.data.get("image_size", 48))

@@ -143,6 +143,8 @@ def test_threat_model_labels():
     ({"data": {"source": "digits"}, "countermeasures": [], "finetune": {"pretrain": {"task": "numeral"}}},
      "set data.attacker_clean"),
     ({"finetune": {"pretrain": {"task": "numeral", "epoch": 3}}}, "finetune.pretrain"),
+    ({"zero_shot": "yes"}, "zero_shot: true or false"),
+    ({"defenses": [{"label": "zero-shot", "name": "random_noise"}]}, "reserved"),
 ])
 def test_bad_specs(patch, message):
     with pytest.raises((MatrixError, TypeError, ValueError), match=message):
@@ -180,6 +182,27 @@ def test_pretrained_victim_recipe(tmp_path):
     assert _computed(tmp_path / "p") == {"protect": 1, "transform": 0, "pretrain": 1, "finetune": 2}
     folder = next((tmp_path / "p" / "cache" / "pretrain").iterdir()) / "model"
     assert (folder / "config.json").is_file()
+
+
+def test_zero_shot_rows_score_the_victim_before_fine_tuning(tmp_path):
+    """One zero-shot row per victim and seed, the un-fine-tuned model's accuracy, cached like every stage."""
+    from toolkit.digits import load_digits_vqa
+    from toolkit.metrics import evaluate_answers
+    from toolkit.surrogates import load_surrogate
+    from toolkit.surrogates.tiny import build_tiny
+
+    spec = {**_spec(), "name": "zs", "countermeasures": [], "defenses": [{"name": "random_noise"}],
+            "victims": ["v"], "zero_shot": True}
+    rows = run_matrix(spec, tmp_path / "z", progress=False)
+    zero = [r for r in rows if r["defense"] == "zero-shot"]
+    assert len(zero) == 1 and zero[0]["error"] is None and zero[0]["countermeasure"] == "none"
+    _, test = load_digits_vqa(image_size=32, limit=44, seed=0)
+    direct, _ = evaluate_answers(load_surrogate(build_tiny("llava", tmp_path / "v", seed=1)), test)
+    assert zero[0]["accuracy"] == direct
+    assert (tmp_path / "z" / "results.md").read_text().count("zero-shot") == 1
+    again = run_matrix(spec, tmp_path / "z", progress=False)
+    assert [r["accuracy"] for r in again if r["defense"] == "zero-shot"] == [direct]
+    assert len(list((tmp_path / "z" / "cache" / "zero_shot").iterdir())) == 1
 
 
 BENCHMARK_SPECS = sorted((Path(__file__).parents[1] / "benchmarks" / "specs").glob("*.yaml"))

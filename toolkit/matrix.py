@@ -40,12 +40,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["MatrixSpec", "DefenseSpec", "CountermeasureSpec", "run_matrix", "threat_model", "load_spec",
+__all__ = ["ZERO_SHOT", "MatrixSpec", "DefenseSpec", "CountermeasureSpec", "run_matrix", "threat_model", "load_spec",
            "MatrixError"]
 
 log = logging.getLogger(__name__)
 
-_TOP_KEYS = {"name", "data", "models", "defenses", "countermeasures", "victims", "finetune", "metrics", "seeds"}
+_TOP_KEYS = {"name", "data", "models", "defenses", "countermeasures", "victims", "finetune", "metrics", "seeds",
+             "zero_shot"}
 METRIC_NAMES = ("accuracy", "psnr", "ssim", "linf", "l2", "trigger_length", "trigger_edit_distance")
 
 
@@ -92,6 +93,7 @@ class MatrixSpec:
     finetune: Dict[str, Any]
     metrics: Tuple[str, ...]
     seeds: Tuple[int, ...]
+    zero_shot: bool = False
 
     @classmethod
     def from_dict(cls, spec: Dict[str, Any]) -> "MatrixSpec":
@@ -127,8 +129,8 @@ class MatrixSpec:
                 raise MatrixError(f"defenses[{i}] ({name}) needs at least one surrogate")
             weights = tuple(float(w) for w in d["weights"]) if d.get("weights") is not None else None
             label = d.get("label") or name
-            if label == "clean":
-                raise MatrixError("the label 'clean' is reserved for the no-defense control")
+            if label in ("clean", ZERO_SHOT):
+                raise MatrixError(f"the label {label!r} is reserved for the no-defense and zero-shot controls")
             defenses.append(DefenseSpec(label, name, dict(d.get("config") or {}), surrogates, weights))
         labels = [d.label for d in defenses]
         if len(set(labels)) != len(labels):
@@ -181,8 +183,11 @@ class MatrixSpec:
             if c.fit.get("defense", "same") not in ("same", *labels):
                 raise MatrixError(f"countermeasures[{i - 1}].fit.defense: 'same' or a defense label, "
                                   f"got {c.fit['defense']!r}")
+        zero_shot = spec.get("zero_shot", False)
+        if not isinstance(zero_shot, bool):
+            raise MatrixError(f"zero_shot: true or false, got {zero_shot!r}")
         return cls(str(spec.get("name", "matrix")), data, models,
-                   tuple(defenses), tuple(cms), victims, finetune, metrics, seeds)
+                   tuple(defenses), tuple(cms), victims, finetune, metrics, seeds, zero_shot)
 
 
 #: ``data`` keys the runner itself reads (never passed to a dataset's config)
@@ -554,6 +559,23 @@ class _Runner:
             self.cache.commit("pretrain", key, build)
         return self.cache.path("pretrain", key) / "model"
 
+    def zero_shot(self, victim: str, test, seed: int, attacker_clean=None) -> Dict[str, Any]:
+        """Clean-test accuracy of the victim as the attacker gets it (after ``finetune.pretrain``), not fine-tuned."""
+        from .metrics import evaluate_answers
+        from .surrogates import load_surrogate
+
+        key = _hash("zero_shot", self.model_identity(victim), self.spec.finetune.get("pretrain"), self.spec.data, seed)
+        if not self.cache.has("zero_shot", key):
+            def build(tmp: Path) -> Dict[str, Any]:
+                model = load_surrogate(self.pretrained_victim(victim, seed, attacker_clean), device=self.device,
+                                       dtype=self.dtype)
+                t0 = time.perf_counter()
+                acc, preds = evaluate_answers(model, test)
+                (tmp / "predictions.json").write_text(json.dumps(preds))
+                return {"accuracy": acc, "eval_seconds": time.perf_counter() - t0, "peak_mib": _peak_mib()}
+            self.cache.commit("zero_shot", key, build)
+        return {"key": key, **self.cache.meta("zero_shot", key)}
+
     def finetune(self, data_key: str, training_set, victim: str, cm: Optional[CountermeasureSpec], test,
                  seed: int, attacker_clean=None) -> Dict[str, Any]:
         from .attacks import COUNTERMEASURES, FineTune
@@ -635,6 +657,10 @@ def _edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
     return prev[-1]
 
 
+#: defense label of the rows that score each victim before fine-tuning (spec key ``zero_shot: true``)
+ZERO_SHOT = "zero-shot"
+
+
 def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: Union[str, os.PathLike], *,
                progress: bool = True, device: str = "cpu", dtype: str = "float32",
                cache: Optional[Union[str, os.PathLike]] = None) -> List[Dict[str, Any]]:
@@ -659,6 +685,18 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
         train, test, attacker_clean = runner.data(seed)
         for v in spec.victims:
             runner.model_folder(v)
+            if spec.zero_shot:  # the victim before any fine-tuning: what the attacker starts from
+                row = {"matrix": spec.name, "seed": seed, "defense": ZERO_SHOT, "defense_name": None,
+                       "surrogates": [], "versions": versions, "countermeasure": "none", "victim": v,
+                       "threat_model": "-"}
+                try:
+                    result = runner.zero_shot(v, test, seed, attacker_clean)
+                    row.update({"accuracy": result["accuracy"], "eval_seconds": result["eval_seconds"],
+                                "peak_mib": result["peak_mib"], "error": None})
+                except Exception as exc:
+                    log.warning("zero-shot %s failed: %s", v, exc)
+                    row.update({"stage": "zero_shot", "error": f"{type(exc).__name__}: {exc}"})
+                rows.append(row)
         for dspec in spec.defenses:
             for s in dspec.surrogates:
                 runner.model_folder(s)

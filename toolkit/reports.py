@@ -98,6 +98,7 @@ def _heatmap(records: List[Dict[str, Any]], victim: str, path: Path) -> None:
     defenses = list(dict.fromkeys(r["defense"] for r in recs))
     cms = list(dict.fromkeys(r["countermeasure"] for r in recs))
     grid = np.full((len(defenses), len(cms)), np.nan)
+    present = {(r["defense"], r["countermeasure"]) for r in recs}  # zero-shot rows have no countermeasure cells
     for r in recs:
         if r.get("accuracy_mean") is not None:
             grid[defenses.index(r["defense"]), cms.index(r["countermeasure"])] = 100 * r["accuracy_mean"]
@@ -107,6 +108,8 @@ def _heatmap(records: List[Dict[str, Any]], victim: str, path: Path) -> None:
     ax.set_yticks(range(len(defenses)), defenses)
     for i in range(len(defenses)):
         for j in range(len(cms)):
+            if (defenses[i], cms[j]) not in present:
+                continue
             text = "err" if np.isnan(grid[i, j]) else f"{grid[i, j]:.0f}"
             ax.text(j, i, text, ha="center", va="center", color="white" if np.isnan(grid[i, j]) or grid[i, j] < 60
                     else "black", fontsize=8)
