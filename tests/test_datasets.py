@@ -13,7 +13,7 @@ from toolkit.data import load_dataset
 from toolkit.datasets import DATASETS, answer_words, render_spec, vocabulary
 from toolkit.datasets import grammar, synthetic
 from toolkit.datasets.grammar import ANSWER_WORDS, CAPTION_SUFFIXES, PREFIXES, QA_TYPES, STEMS, SUFFIXES, TYPES
-from toolkit.datasets.scene import Sign
+from toolkit.datasets.scene import Layout, Scene, SceneObject, Sign
 from toolkit.datasets.vocab import COL_WORDS, COLOURS, NUMBER_WORDS, ROW_WORDS, SHAPES, WORDS
 from toolkit.digits import load_digits_vqa
 from toolkit.matrix import MatrixError, MatrixSpec, _Runner
@@ -141,19 +141,20 @@ def _words(text):
     return set(re.findall(r"[a-z]+", text.lower()))
 
 
-def test_answers_agree_with_the_scene(everything):
-    for s in everything:
+def _check_answers(samples, answers=ANSWER_WORDS, rows=ROW_WORDS, cols=COL_WORDS):
+    """Recompute every answer from ``meta["scene"]`` (position words ``rows`` / ``cols`` of the grid)."""
+    for s in samples:
         qtype, scene, query, q = s.meta["qtype"], s.meta["scene"], s.meta["query"], s.question
         assert scene["domain"] in grammar.DOMAINS[qtype]
         if qtype != "caption":
-            assert re.fullmatch(r"[a-z]+", s.answer) and s.answer in ANSWER_WORDS[qtype], (qtype, s.answer)
+            assert re.fullmatch(r"[a-z]+", s.answer) and s.answer in answers[qtype], (qtype, s.answer)
         words = _words(q)
         if qtype in ("colour", "shape", "size", "position"):
             (obj,) = _matching(scene["objects"], query["ref"])  # the reference is unique
             assert set(query["ref"].values()) <= words | {w + "s" for w in words}, q
             if qtype == "position":
                 axis = query["axis"]
-                assert s.answer == (COL_WORDS[obj["col"]] if axis == "horizontal" else ROW_WORDS[obj["row"]])
+                assert s.answer == (cols[obj["col"]] if axis == "horizontal" else rows[obj["row"]])
                 assert ("horizontally" in q or "left" in q) == (axis == "horizontal"), q
             else:
                 assert qtype not in query["ref"] and s.answer == obj[qtype]
@@ -183,6 +184,10 @@ def test_answers_agree_with_the_scene(everything):
                 described = re.findall(r"a (small|large) (\w+) (\w+)", s.answer)
                 ordered = sorted(scene["objects"], key=lambda o: (o["row"], o["col"]))
                 assert described == [(o["size"], o["colour"], o["shape"]) for o in ordered]
+
+
+def test_answers_agree_with_the_scene(everything):
+    _check_answers(everything)
 
 
 def test_counts_include_zero_and_exist_is_balanced(downstream, everything):
@@ -369,3 +374,230 @@ def test_matrix_digits_pretrain_task_needs_the_digits_source():
     with pytest.raises(MatrixError, match="finetune.pretrain.task"):
         MatrixSpec.from_dict(_matrix({"source": "scenes", "attacker_clean": 5}, **pre))
     assert MatrixSpec.from_dict(_matrix({"source": "digits", "attacker_clean": 5}, **pre))
+
+
+# ------------------------------------------------------------------ configurable difficulty (layout)
+#: sha256 of the default builds (image bytes, question, answer per sample), recorded before the layout keys
+#: (grid, max_objects, object_scale, text_scale) existed: the defaults must keep today's data bit for bit
+DEFAULT_DATA_SHA256 = {
+    "scenes": "cef1b52dd03b13eb5fb49a5235c4938090cfb047e894a08e57276e963792266e",
+    "scenes_pretrain": "96f3ce3d7ebecd047959ee58d8d82eb1853c0b60c181ae349d4d2f3ada6d7797",
+}
+#: sha256 of the same builds' ids and meta (JSON, sorted keys; the new layout keys left out)
+DEFAULT_META_SHA256 = {
+    "scenes": "c21ce62187bda6b90d35fb7c920a021fa647a48fa3399900419eb7d5ec8ff818",
+    "scenes_pretrain": "3273f4c802a6eddeab046673d33d379423d1507eed9ee8398c18490a62db468f",
+}
+LAYOUT_KEYS = {"grid", "object_scale", "text_scale"}
+CORNERS = {"at the top left", "at the top right", "at the bottom left", "at the bottom right"}
+
+
+@pytest.mark.parametrize("name", ["scenes", "scenes_pretrain"])
+def test_default_config_data_is_unchanged(name):
+    data, meta = hashlib.sha256(), hashlib.sha256()
+    for split in DATASETS.create(name, n_train=300, n_test=100).build():
+        for s in split:
+            data.update(s.image.tobytes() + s.question.encode() + b"\0" + s.answer.encode() + b"\0")
+            m = dict(s.meta)
+            m["scene"] = {k: v for k, v in m["scene"].items() if k not in LAYOUT_KEYS}
+            meta.update(s.id.encode() + json.dumps(m, sort_keys=True).encode())
+    assert data.hexdigest() == DEFAULT_DATA_SHA256[name]
+    assert meta.hexdigest() == DEFAULT_META_SHA256[name]
+
+
+def test_default_layout_is_recorded_and_older_specs_render_the_same():
+    cfg = DATASETS.create("scenes").config
+    assert (cfg.grid, cfg.max_objects, cfg.object_scale, cfg.text_scale) == (3, 4, (0.45, 0.8), 0.3)
+    assert DATASETS.create("scenes_pretrain").config.layout == Layout()
+    data = DATASETS.create("scenes", n_train=20, n_test=1, types=TYPES, seed=4).build()[0]
+    for s in data:
+        scene = s.meta["scene"]
+        if scene["domain"] == "scenes":
+            assert scene["grid"] == 3 and scene["object_scale"] == [0.45, 0.8]
+        else:
+            assert scene["text_scale"] == 0.3
+        older = {k: v for k, v in scene.items() if k not in LAYOUT_KEYS}  # meta written before the keys existed
+        assert np.array_equal(render_spec(older, 48), s.image)
+    # grid 3 captions keep their wording (edge cells "at the top", "on the left", centre "in the center")
+    assert [[grammar.cell_phrase(r, c, 3) for c in range(3)] for r in range(3)] == [
+        ["at the top left", "at the top", "at the top right"], ["on the left", "in the center", "on the right"],
+        ["at the bottom left", "at the bottom", "at the bottom right"]]
+
+
+@pytest.fixture(scope="module")
+def grid2():
+    """A 2x2 task with every question type, up to 3 objects, bigger objects and text."""
+    dataset = DATASETS.create("scenes", grid=2, max_objects=3, object_scale=[0.6, 0.95], text_scale=0.4,
+                              n_train=2500, n_test=1, image_size=32, types=TYPES, seed=7)
+    return dataset, dataset.build()[0]
+
+
+def test_grid2_answers_and_stems_offer_only_the_2x2_positions(grid2):
+    dataset, data = grid2
+    position = [s for s in data if s.meta["qtype"] == "position"]
+    assert {s.answer for s in position} == {"left", "right", "top", "bottom"}
+    assert {s.meta["template"] for s in position} == {f"position.{i}" for i in range(len(STEMS["position"]))}
+    for s in data:
+        assert not _words(s.question) & {"middle", "center"}, s.question
+    for s in position:
+        q = s.question
+        if s.meta["query"]["axis"] == "horizontal":
+            assert "horizontally" in q or "left or right" in q or "on the left or on the right" in q, q
+        else:
+            assert "vertically" in q or "top or bottom" in q or "at the top or at the bottom" in q, q
+    _check_answers(data, dataset.answer_sets(), rows=("top", "bottom"), cols=("left", "right"))
+
+
+def test_grid2_captions_name_only_the_four_corners(grid2):
+    captions = [s for s in grid2[1] if s.meta["qtype"] == "caption" and s.meta["domain"] == "scenes"]
+    assert len(captions) > 100
+    for s in captions:
+        places = re.findall(r"a (?:small|large) \w+ \w+ (at the \w+ \w+|at the \w+|on the \w+|in the \w+)",
+                            s.answer)
+        objects = sorted(s.meta["scene"]["objects"], key=lambda o: (o["row"], o["col"]))
+        assert places == [f"at the {('top', 'bottom')[o['row']]} {('left', 'right')[o['col']]}" for o in objects]
+        assert set(places) <= CORNERS and "middle" not in s.answer and "center" not in s.answer
+    assert set().union(*(re.findall("|".join(CORNERS), s.answer) for s in captions)) == CORNERS
+
+
+def test_grid2_specs_record_the_layout_and_render_from_it(grid2):
+    for s in grid2[1][:300]:
+        scene = s.meta["scene"]
+        if scene["domain"] == "scenes":
+            assert scene["grid"] == 2 and scene["object_scale"] == [0.6, 0.95]
+            assert all(0 <= o["row"] < 2 and 0 <= o["col"] < 2 for o in scene["objects"])
+        else:
+            assert scene["text_scale"] == 0.4
+        assert np.array_equal(render_spec(scene, 32), s.image)
+
+
+def test_max_objects_is_respected(grid2):
+    counts = Counter(len(s.meta["scene"]["objects"]) for s in grid2[1] if s.meta["domain"] == "scenes")
+    assert set(counts) == {1, 2, 3}
+    single = DATASETS.create("scenes", grid=2, max_objects=1, n_train=200, n_test=20, image_size=32,
+                             types=("colour", "count", "position", "exist")).build()
+    for split in single:
+        for s in split:
+            if s.meta["domain"] == "scenes":
+                assert len(s.meta["scene"]["objects"]) == 1
+                if s.meta["qtype"] == "count":
+                    assert s.answer in ("zero", "one")
+    full = DATASETS.create("scenes", max_objects=9, n_train=300, n_test=1, image_size=32, types=("count",))
+    data = full.build()[0]
+    assert max(len(s.meta["scene"]["objects"]) for s in data) > 6
+    _check_answers([s for s in data if s.answer in NUMBER_WORDS], full.answer_sets())
+    assert {s.answer for s in data} <= set(full.answer_sets()["count"]) and "nine" in full.answer_words()
+
+
+def _ink(image, background):
+    return int(np.any(image.astype(int) != np.asarray(background), axis=-1).sum())
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_object_scale_changes_the_drawn_extent(size):
+    bg = (210, 210, 210)
+    scene = lambda scale: Scene(bg, (SceneObject("circle", "red", size, 1, 0),), grid=2, object_scale=scale)
+    small, large = (_ink(render_spec(scene(scale), 48), bg) for scale in ((0.3, 0.5), (0.6, 0.95)))
+    assert 0 < small < large
+    # the default layout's object
+    default = _ink(render_spec(Scene(bg, (SceneObject("circle", "red", size, 1, 0),)), 48), bg)
+    assert 0 < default < _ink(render_spec(scene((0.45, 0.8)), 48), bg)  # a 2x2 cell is bigger than a 3x3 one
+    # through the config: one object per scene, drawn bigger with a bigger scale
+    ink = {}
+    for scale in ((0.3, 0.5), (0.6, 0.95)):
+        data = DATASETS.create("scenes", grid=2, max_objects=1, object_scale=scale, n_train=60, n_test=1,
+                               types=("shape",)).build()[0]
+        ink[scale] = np.mean([_ink(s.image, s.meta["scene"]["background"]) for s in data
+                              if s.meta["scene"]["objects"][0]["size"] == size])
+    assert ink[(0.3, 0.5)] < ink[(0.6, 0.95)]
+
+
+def _text_rows(image, background):
+    rows = np.flatnonzero(np.any(image.astype(int) != np.asarray(background), axis=-1).any(axis=1))
+    return rows.max() - rows.min() + 1
+
+
+def test_text_scale_changes_the_text_height_and_words_still_fit():
+    bg = (245, 245, 245)
+    sign = lambda word, scale, row=1, dx=0.0: Sign(word, "blue", "white", bg, row, dx, 0.0, text_scale=scale)
+    for word in ("cat", "dog", "key"):
+        heights = [_text_rows(render_spec(sign(word, scale), 48), bg) for scale in (0.15, 0.3, 0.45)]
+        assert heights[0] < heights[1] < heights[2], (word, heights)
+    # through the config
+    data = DATASETS.create("scenes", text_scale=0.5, n_train=30, n_test=1, types=("read",)).build()[0]
+    assert {s.meta["scene"]["text_scale"] for s in data} == {0.5}
+    big = np.mean([_text_rows(s.image, s.meta["scene"]["background_rgb"]) for s in data])
+    data = DATASETS.create("scenes", n_train=30, n_test=1, types=("read",)).build()[0]
+    assert np.mean([_text_rows(s.image, s.meta["scene"]["background_rgb"]) for s in data]) < big
+    # at the largest scale a centred word is shrunk to fit: a background column on each side
+    for size in (48, 64):
+        for word in WORDS:
+            ink = np.any(render_spec(sign(word, 0.6), size).astype(int) != np.asarray(bg), axis=-1)
+            assert not ink[:, 0].any() and not ink[:, -1].any(), (word, size)
+            # a top-row word is moved down rather than cut: as tall as in the middle row
+            middle, top = (_text_rows(render_spec(sign(word, 0.6, row=row), size), bg) for row in (1, 0))
+            assert abs(top - middle) <= 1, (word, size, top, middle)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"grid": 4}, "grid"),
+    ({"grid": "2"}, "grid"),
+    ({"max_objects": 0}, "max_objects"),
+    ({"grid": 2, "max_objects": 10}, "max_objects"),
+    ({"grid": 2, "max_objects": 5}, "max_objects"),
+    ({"max_objects": 2.5}, "max_objects"),
+    ({"object_scale": (0.9, 0.5)}, "object_scale"),
+    ({"object_scale": (0.0, 0.5)}, "object_scale"),
+    ({"object_scale": (0.5, 1.2)}, "object_scale"),
+    ({"object_scale": (0.5,)}, "object_scale"),
+    ({"object_scale": 0.5}, "object_scale"),
+    ({"text_scale": 0.9}, "text_scale"),
+    ({"text_scale": 0.1}, "text_scale"),
+])
+def test_bad_layouts_name_the_field(config, message):
+    for name in ("scenes", "scenes_pretrain"):
+        with pytest.raises(ValueError, match=message):
+            DATASETS.create(name, **config)
+
+
+def test_layout_values_are_normalised():
+    cfg = DATASETS.create("scenes_pretrain", grid=2, object_scale=[0.6, 1], text_scale=0.6).config
+    assert cfg.object_scale == (0.6, 1.0) and isinstance(cfg.object_scale, tuple)
+    assert cfg.layout == Layout(grid=2, max_objects=4, object_scale=(0.6, 1.0), text_scale=0.6)
+    assert DATASETS.create("scenes", object_scale="0.5, 0.9").config.object_scale == (0.5, 0.9)
+    assert DATASETS.create("scenes", grid=2, max_objects=4).config.max_objects == 4  # the default fits 2x2
+
+
+def test_answer_words_follow_the_config():
+    default = DATASETS.create("scenes")
+    assert default.answer_words() == answer_words(DOWNSTREAM)
+    assert DATASETS.create("scenes_pretrain").answer_words() == answer_words(PRETRAIN)
+    easy = DATASETS.create("scenes", grid=2, max_objects=2)
+    words = set(easy.answer_words())
+    assert {"left", "right", "top", "bottom", "zero", "one", "two"} <= words
+    assert not words & {"middle", "center", "three", "four"}
+    assert easy.answer_sets()["position"] == ("left", "right", "top", "bottom")
+    assert set(easy.answer_words(["position"])) == {"left", "right", "top", "bottom"}
+    assert answer_words(["position"], Layout(grid=2)) == ("bottom", "left", "right", "top")
+    assert answer_words() == answer_words(layout=Layout())  # the module-level defaults are unchanged
+
+
+def test_matrix_and_cli_accept_layout_keys(tmp_path):
+    spec = MatrixSpec.from_dict(_matrix({"source": "scenes", "grid": 2, "max_objects": 2, "n_train": 40,
+                                         "n_test": 20}))
+    train, test, _ = _Runner(spec, tmp_path, False, "cpu", "float32").data(0)
+    assert (len(train), len(test)) == (40, 20)
+    scenes = [s.meta["scene"] for s in train if s.meta["domain"] == "scenes"]
+    assert scenes and all(sc["grid"] == 2 and len(sc["objects"]) <= 2 for sc in scenes)
+    for data, message in (({"source": "scenes", "grid": 4}, "data.grid"),
+                          ({"source": "scenes", "grid": 2, "max_objects": 5}, "data.max_objects"),
+                          ({"source": "scenes", "object_scale": [0.9, 0.5]}, "data.object_scale")):
+        with pytest.raises(MatrixError, match=re.escape(message)):
+            MatrixSpec.from_dict(_matrix(data))
+    out = tmp_path / "easy"
+    assert main(["data", "make", "scenes", "--out", str(out), "--n-train", "8", "--n-test", "4", "--set", "grid=2",
+                 "--set", "max_objects=2", "--set", "object_scale=[0.6,0.95]", "--set", "text_scale=0.45"]) == 0
+    expected = DATASETS.create("scenes", n_train=8, n_test=4, grid=2, max_objects=2, object_scale=(0.6, 0.95),
+                               text_scale=0.45).build()
+    for split, data in zip(("train", "test"), expected):
+        assert _same(load_dataset(out / f"{split}.json"), data)

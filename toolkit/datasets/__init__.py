@@ -8,6 +8,11 @@
 - ``scenes_pretrain``: the same generator with disjoint question types (caption,
   size, text_colour) and another default seed, to pretrain a model zoo on;
 - ``digits``: scikit-learn's handwritten digits (:func:`toolkit.digits.load_digits_vqa`).
+
+The difficulty of ``scenes`` / ``scenes_pretrain`` is part of their config:
+``grid`` (2 or 3), ``max_objects``, ``object_scale`` ``(small, large)`` and
+``text_scale`` (see :class:`~toolkit.datasets.scene.Layout`); the answer words of
+a configured task are ``DATASETS.create(name, **config).answer_words()``.
 """
 from __future__ import annotations
 
@@ -16,9 +21,9 @@ from ..registry import Registry
 DATASETS: Registry = Registry("dataset")
 
 from .digits import Digits  # noqa: E402
-from .grammar import ANSWER_WORDS, QA_TYPES, STEMS, TYPES, answer_words, vocabulary  # noqa: E402
+from .grammar import ANSWER_WORDS, QA_TYPES, STEMS, TYPES, answer_sets, answer_words, vocabulary  # noqa: E402
 from .render import render_spec  # noqa: E402
-from .scene import Scene, SceneObject, Sign, spec_from_dict  # noqa: E402
+from .scene import Layout, Scene, SceneObject, Sign, spec_from_dict  # noqa: E402
 from .synthetic import DOWNSTREAM_TYPES, PRETRAIN_TYPES, Scenes, ScenesPretrain, SyntheticVQA  # noqa: E402
 
 DATASETS.register("scenes")(Scenes)
@@ -26,5 +31,5 @@ DATASETS.register("scenes_pretrain")(ScenesPretrain)
 DATASETS.register("digits")(Digits)
 
 __all__ = ["DATASETS", "Scenes", "ScenesPretrain", "SyntheticVQA", "Digits", "ANSWER_WORDS", "QA_TYPES", "TYPES",
-           "STEMS", "DOWNSTREAM_TYPES", "PRETRAIN_TYPES", "answer_words", "vocabulary", "render_spec", "Scene",
-           "SceneObject", "Sign", "spec_from_dict"]
+           "STEMS", "DOWNSTREAM_TYPES", "PRETRAIN_TYPES", "answer_words", "answer_sets", "vocabulary",
+           "render_spec", "Layout", "Scene", "SceneObject", "Sign", "spec_from_dict"]

@@ -13,8 +13,14 @@ A question is built in layers, each drawn from the generator:
 
 Objects are referred to only by attribute combinations that pick out exactly one
 object of the scene, and never by the attribute the question asks about. Every
-answer is one lowercase word (``ANSWER_WORDS``), except ``caption`` (a phrase,
-meant for pretraining).
+answer is one lowercase word (``ANSWER_WORDS`` on the default layout,
+:func:`answer_sets` for another one), except ``caption`` (a phrase, meant for
+pretraining).
+
+Position stems offer the options of the scene's grid (``{cols}`` "left, center or
+right" / "left or right", ``{col_places}`` "on the left, in the center or on the
+right", ``{rows}``, ``{row_places}``), and position answers and captions use the
+grid's words (:data:`toolkit.datasets.vocab.POSITION_WORDS`).
 """
 from __future__ import annotations
 
@@ -24,14 +30,15 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .scene import Scene, SceneObject, Sign, Spec
-from .vocab import (COL_WORDS, COLOUR_NAMES, NUMBER_WORDS, ROW_WORDS, SHAPE_PLURALS, SHAPES, SIGN_ROW_PHRASES,
-                    SIZES, WORDS)
+from .scene import DEFAULT_LAYOUT, Layout, Scene, SceneObject, Sign, Spec
+from .vocab import (COUNT_WORDS, COLOUR_NAMES, PLACE_PHRASES, POSITION_WORDS, SHAPE_PLURALS, SHAPES,
+                    SIGN_ROW_PHRASES, SIZES, WORDS)
 
 __all__ = [
     "QA_TYPES", "TYPES", "DOMAINS", "STEMS", "PREFIXES", "SUFFIXES", "CAPTION_SUFFIXES", "POSITION_AXES",
     "COLOUR_NOUNS", "PICTURE_NOUNS", "OBJECT_NOUNS", "WRITTEN_VERBS", "WHERE_PHRASES", "REFERENCES",
-    "ANSWER_WORDS", "Question", "ask", "caption", "answer_words", "vocabulary",
+    "ANSWER_WORDS", "Question", "ask", "caption", "cell_phrase", "position_options", "answer_sets",
+    "answer_words", "vocabulary",
 ]
 
 #: question types with a one-word answer
@@ -84,16 +91,16 @@ STEMS: Dict[str, List[str]] = {
         "Tell me how many {things} there are{where}.",
     ],
     "position": [
-        "Is the {ref} on the left, in the center or on the right{where}?",
+        "Is the {ref} {col_places}{where}?",
         "Where is the {ref} horizontally{where}?",
-        "In which column is the {ref}: left, center or right?",
-        "Is the {ref} left, center or right{where}?",
-        "On which side of the {picture} is the {ref}: left, center or right?",
-        "Is the {ref} at the top, in the middle or at the bottom{where}?",
+        "In which column is the {ref}: {cols}?",
+        "Is the {ref} {cols}{where}?",
+        "On which side of the {picture} is the {ref}: {cols}?",
+        "Is the {ref} {row_places}{where}?",
         "Where is the {ref} vertically{where}?",
-        "In which row is the {ref}: top, middle or bottom?",
-        "Is the {ref} top, middle or bottom{where}?",
-        "How high up in the {picture} is the {ref}: top, middle or bottom?",
+        "In which row is the {ref}: {rows}?",
+        "Is the {ref} {rows}{where}?",
+        "How high up in the {picture} is the {ref}: {rows}?",
     ],
     "exist": [
         "Is there {a_cs}{where}?",
@@ -138,7 +145,7 @@ STEMS: Dict[str, List[str]] = {
         "Describe what is shown.",
     ],
 }
-#: the axis each ``position`` stem asks about (answers left/center/right or top/middle/bottom)
+#: the axis each ``position`` stem asks about (answers the grid's column words or row words)
 POSITION_AXES: Tuple[str, ...] = ("horizontal",) * 5 + ("vertical",) * 5
 
 #: attribute combinations that may refer to an object, per type (never the attribute asked about)
@@ -150,22 +157,47 @@ REFERENCES: Dict[str, Tuple[Tuple[str, ...], ...]] = {
                  ("size", "colour", "shape")),
 }
 
-#: the closed answer set of each one-word type
-ANSWER_WORDS: Dict[str, Tuple[str, ...]] = {
-    "colour": COLOUR_NAMES,
-    "shape": SHAPES,
-    "count": NUMBER_WORDS,
-    "position": COL_WORDS + ROW_WORDS,
-    "exist": ("yes", "no"),
-    "read": WORDS,
-    "size": SIZES,
-    "text_colour": COLOUR_NAMES,
-}
 
-#: where an object sits in the 3x3 grid, for captions (indexed [row][col])
-_CELL_PHRASES = (("at the top left", "at the top", "at the top right"),
-                 ("on the left", "in the center", "on the right"),
-                 ("at the bottom left", "at the bottom", "at the bottom right"))
+def answer_sets(layout: Layout = DEFAULT_LAYOUT) -> Dict[str, Tuple[str, ...]]:
+    """The closed answer set of each one-word type on ``layout`` (its grid's position words, counts
+    0..``max_objects``)."""
+    rows, cols = POSITION_WORDS[layout.grid]
+    return {
+        "colour": COLOUR_NAMES,
+        "shape": SHAPES,
+        "count": COUNT_WORDS[:layout.max_objects + 1],
+        "position": cols + rows,
+        "exist": ("yes", "no"),
+        "read": WORDS,
+        "size": SIZES,
+        "text_colour": COLOUR_NAMES,
+    }
+
+
+#: the closed answer set of each one-word type on the default layout (3x3 grid, up to 4 objects)
+ANSWER_WORDS: Dict[str, Tuple[str, ...]] = answer_sets()
+
+
+def _or_list(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def position_options(grid: int) -> Dict[str, str]:
+    """The option slots of the position stems on a ``grid`` x ``grid`` grid: ``cols`` ("left, center or
+    right"), ``col_places`` ("on the left, in the center or on the right"), ``rows``, ``row_places``."""
+    rows, cols = POSITION_WORDS[grid]
+    return {"cols": _or_list(cols), "col_places": _or_list([PLACE_PHRASES[w] for w in cols]),
+            "rows": _or_list(rows), "row_places": _or_list([PLACE_PHRASES[w] for w in rows])}
+
+
+def cell_phrase(row: int, col: int, grid: int) -> str:
+    """Where a cell of a ``grid`` x ``grid`` grid is, for captions: "at the top left", "at the top" (top
+    centre), "on the left" (middle left), "in the center"; on a 2x2 grid always a corner."""
+    rows, cols = POSITION_WORDS[grid]
+    r, c = rows[row], cols[col]
+    if r == "middle":
+        return "in the center" if c == "center" else f"on the {c}"
+    return f"at the {r}" if c == "center" else f"at the {r} {c}"
 
 
 @dataclass(frozen=True)
@@ -266,7 +298,7 @@ def caption(spec: Spec) -> str:
     if isinstance(spec, Sign):
         return f"the word {spec.word} in {spec.text_colour} on {spec.background} {SIGN_ROW_PHRASES[spec.row]}"
     objects = sorted(spec.objects, key=lambda o: (o.row, o.col))
-    return _join([f"a {o.size} {o.colour} {o.shape} {_CELL_PHRASES[o.row][o.col]}" for o in objects])
+    return _join([f"a {o.size} {o.colour} {o.shape} {cell_phrase(o.row, o.col, spec.grid)}" for o in objects])
 
 
 def _ask_scene(qtype: str, scene: Scene, rng: np.random.Generator):
@@ -284,7 +316,9 @@ def _ask_scene(qtype: str, scene: Scene, rng: np.random.Generator):
         if qtype == "position":
             axis = POSITION_AXES[stem]
             query["axis"] = axis
-            answer = COL_WORDS[obj.col] if axis == "horizontal" else ROW_WORDS[obj.row]
+            rows, cols = POSITION_WORDS[scene.grid]
+            answer = cols[obj.col] if axis == "horizontal" else rows[obj.row]
+            slots.update(position_options(scene.grid))
         else:
             answer = getattr(obj, qtype)
         return stem, slots, answer, query
@@ -299,7 +333,7 @@ def _ask_scene(qtype: str, scene: Scene, rng: np.random.Generator):
             value = _pick(every if rng.random() < 0.4 else present, rng)  # absent values give "zero"
             things = f"{value} {noun}s" if of == "colour" else SHAPE_PLURALS[value]
             n = sum(getattr(o, of) == value for o in objects)
-        return int(rng.integers(len(STEMS["count"]))), {"things": things}, NUMBER_WORDS[n], \
+        return int(rng.integers(len(STEMS["count"]))), {"things": things}, COUNT_WORDS[n], \
             {"of": of, "value": value}
     if qtype == "exist":
         present = sorted({(o.colour, o.shape) for o in objects})
@@ -318,7 +352,8 @@ def _ask_scene(qtype: str, scene: Scene, rng: np.random.Generator):
 
 def ask(qtype: str, spec: Spec, rng: np.random.Generator) -> Optional[Question]:
     """A random question of type ``qtype`` about ``spec`` with its answer, or None if the spec can't support
-    one (e.g. no object has a unique reference for a ``colour`` question)."""
+    one (e.g. no object has a unique reference for a ``colour`` question). Position options and answers
+    follow the scene's grid (``spec.grid``)."""
     if qtype not in TYPES:
         raise ValueError(f"unknown question type {qtype!r}; known: {list(TYPES)}")
     if spec.domain not in DOMAINS[qtype]:
@@ -339,14 +374,16 @@ def ask(qtype: str, spec: Spec, rng: np.random.Generator) -> Optional[Question]:
     return Question(qtype, text, answer, f"{qtype}.{stem}", query, style)
 
 
-def answer_words(types: Optional[Iterable[str]] = None) -> Tuple[str, ...]:
-    """Sorted union of the possible answers of ``types`` (default: every one-word type); ``caption`` adds
-    nothing (its answers are open phrases)."""
+def answer_words(types: Optional[Iterable[str]] = None, layout: Layout = DEFAULT_LAYOUT) -> Tuple[str, ...]:
+    """Sorted union of the possible answers of ``types`` (default: every one-word type) on ``layout``
+    (default: the default layout, i.e. ``ANSWER_WORDS``); ``caption`` adds nothing (its answers are open
+    phrases)."""
+    sets = ANSWER_WORDS if layout == DEFAULT_LAYOUT else answer_sets(layout)
     out = set()
     for t in (QA_TYPES if types is None else types):
         if t not in TYPES:
             raise ValueError(f"unknown question type {t!r}; known: {list(TYPES)}")
-        out.update(ANSWER_WORDS.get(t, ()))
+        out.update(sets.get(t, ()))
     return tuple(sorted(out))
 
 
@@ -355,6 +392,7 @@ def vocabulary() -> Tuple[str, ...]:
     texts: List[str] = [s for stems in STEMS.values() for s in stems]
     texts += list(PREFIXES) + list(SUFFIXES) + list(CAPTION_SUFFIXES) + list(WHERE_PHRASES)
     texts += list(COLOUR_NOUNS + PICTURE_NOUNS + OBJECT_NOUNS + WRITTEN_VERBS + COLOUR_NAMES + SHAPES + SIZES)
+    texts += [text for grid in POSITION_WORDS for text in position_options(grid).values()]
     texts += [n + "s" for n in OBJECT_NOUNS] + list(SHAPE_PLURALS.values()) + ["a", "an"]
     words = set()
     for t in texts:

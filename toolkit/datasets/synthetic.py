@@ -7,6 +7,11 @@ spec, asks a question about it with :func:`toolkit.datasets.grammar.ask`
 unless its image is already in the train split (for test samples) or the
 same (image, question) pair was already drawn. All randomness comes from
 ``numpy.random.default_rng`` streams derived from ``(seed, stream)``.
+
+The difficulty (``grid``, ``max_objects``, ``object_scale``, ``text_scale``) is
+part of the config and reaches the sampler, renderer and grammar as a
+:class:`~toolkit.datasets.scene.Layout`; the defaults give exactly the data of
+the fixed 3x3 layout this module had before those keys existed.
 """
 from __future__ import annotations
 
@@ -18,9 +23,10 @@ import numpy as np
 
 from ..data import VQADataset, VQASample
 from ..registry import Config, check_range, make_config
-from .grammar import DOMAINS, TYPES, Question, ask
+from .grammar import DOMAINS, TYPES, Question, answer_sets, answer_words, ask
 from .render import MAX_SIZE, MIN_SIZE, render_spec
-from .scene import Spec, sample_scene, sample_sign
+from .scene import DEFAULT_LAYOUT, Layout, Spec, apply_layout, check_object_scale, sample_scene, sample_sign
+from .vocab import GRID, MAX_OBJECTS, OBJECT_SCALE, TEXT_SCALE
 
 __all__ = ["SyntheticVQA", "Scenes", "ScenesPretrain", "DOWNSTREAM_TYPES", "PRETRAIN_TYPES", "draw_item",
            "image_digest"]
@@ -45,12 +51,14 @@ def image_digest(image: np.ndarray) -> bytes:
     return h.digest()
 
 
-def draw_item(qtype: str, rng: np.random.Generator, max_tries: int = 1000) -> Tuple[Spec, Question]:
-    """Sample a spec of a domain of ``qtype`` and a question about it (re-drawing unsupported specs)."""
+def draw_item(qtype: str, rng: np.random.Generator, max_tries: int = 1000,
+              layout: Layout = DEFAULT_LAYOUT) -> Tuple[Spec, Question]:
+    """Sample a spec of a domain of ``qtype`` on ``layout`` and a question about it (re-drawing unsupported
+    specs)."""
     domains = DOMAINS[qtype]
     for _ in range(max_tries):
         domain = domains[int(rng.integers(len(domains)))]
-        spec = sample_scene(rng) if domain == "scenes" else sample_sign(rng)
+        spec = sample_scene(rng, layout=layout) if domain == "scenes" else apply_layout(sample_sign(rng), layout)
         question = ask(qtype, spec, rng)
         if question is not None:
             return spec, question
@@ -62,7 +70,11 @@ class SyntheticVQA:
 
     Config (keyword-only): ``n_train`` / ``n_test`` (samples per split), ``image_size`` (pixels,
     32..64), ``seed`` (>= 0), ``types`` (question types, a non-empty tuple of distinct names
-    from ``toolkit.datasets.grammar.TYPES``; a comma-separated string is accepted).
+    from ``toolkit.datasets.grammar.TYPES``; a comma-separated string is accepted), and the
+    difficulty: ``grid`` (2 or 3: a 2x2 grid answers left/right and top/bottom), ``max_objects``
+    (1..grid*grid), ``object_scale`` (``(small, large)`` object extent as a share of a cell's side,
+    each in (0, 1], small < large; a list is accepted), ``text_scale`` (sign font size as a share of
+    the image side, 0.15..0.6).
     """
 
     #: second word of the seed sequence, so that two tasks with one seed still draw different data
@@ -77,6 +89,10 @@ class SyntheticVQA:
         image_size: int = 48
         seed: int = 0
         types: Tuple[str, ...] = DOWNSTREAM_TYPES
+        grid: int = GRID
+        max_objects: int = MAX_OBJECTS
+        object_scale: Tuple[float, float] = OBJECT_SCALE
+        text_scale: float = TEXT_SCALE
 
         def __post_init__(self) -> None:
             _check_int("n_train", self.n_train, 1, 10_000_000)
@@ -95,9 +111,30 @@ class SyntheticVQA:
             if len(set(types)) != len(types):
                 raise ValueError(f"types must not repeat a type, got {list(types)}")
             object.__setattr__(self, "types", tuple(types))
+            object.__setattr__(self, "object_scale", check_object_scale(self.object_scale))
+            layout = Layout(grid=self.grid, max_objects=self.max_objects, object_scale=self.object_scale,
+                            text_scale=self.text_scale)  # validates grid, max_objects, text_scale
+            for key in ("grid", "max_objects", "text_scale"):
+                object.__setattr__(self, key, getattr(layout, key))
+
+        @property
+        def layout(self) -> Layout:
+            """The difficulty part of the config, as passed to the sampler, renderer and grammar."""
+            return Layout(grid=self.grid, max_objects=self.max_objects, object_scale=self.object_scale,
+                          text_scale=self.text_scale)
 
     def __init__(self, **config: Any) -> None:
         self.config = make_config(self.Config, getattr(type(self), "name", type(self).__name__), config)
+
+    def answer_words(self, types: Any = None) -> Tuple[str, ...]:
+        """Sorted possible one-word answers of ``types`` (default: this config's types) under this config's
+        layout (e.g. no "middle"/"center" on a 2x2 grid, counts up to ``max_objects``)."""
+        return answer_words(self.config.types if types is None else types, self.config.layout)
+
+    def answer_sets(self) -> Dict[str, Tuple[str, ...]]:
+        """The closed answer set of each one-word type of this config's types under its layout."""
+        sets = answer_sets(self.config.layout)
+        return {t: sets[t] for t in self.config.types if t in sets}
 
     @property
     def label(self) -> str:
@@ -107,6 +144,7 @@ class SyntheticVQA:
     def _split(self, split: str, n: int, rng: np.random.Generator,
                forbidden: FrozenSet[bytes]) -> Tuple[List[VQASample], Set[bytes]]:
         cfg = self.config
+        layout = cfg.layout
         samples: List[VQASample] = []
         images: Set[bytes] = set()
         pairs: Set[Tuple[bytes, str]] = set()
@@ -117,7 +155,7 @@ class SyntheticVQA:
                 raise RuntimeError(f"{self.label}: could not draw {n} distinct {split} samples "
                                    f"(got {len(samples)}); lower n_{split} or add types")
             qtype = cfg.types[int(rng.integers(len(cfg.types)))]
-            spec, question = draw_item(qtype, rng)
+            spec, question = draw_item(qtype, rng, layout=layout)
             image = render_spec(spec, cfg.image_size)
             digest = image_digest(image)
             if digest in forbidden or (digest, question.text) in pairs:
