@@ -51,8 +51,8 @@ def run_one(variant: dict, device: str, downstream: dict, loras: list, seeds, th
         card = read_card(folder)
         image_size = int(recipe.data.get("image_size", 48))
         for seed, lora in [(s, l) for s in seeds for l in loras]:
-            train, test = DATASETS.create(downstream["name"], image_size=image_size, seed=seed,
-                                          **{k: v for k, v in downstream.items() if k != "name"}).build()
+            config = {"image_size": image_size, **{k: v for k, v in downstream.items() if k != "name"}}
+            train, test = DATASETS.create(downstream["name"], seed=seed, **config).build()
             model = load_surrogate(folder, device=device)
             zero = score_by_type(model, list(test), max_new_tokens=8)
             t0 = time.perf_counter()
@@ -78,7 +78,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2, help="torch threads per job")
     parser.add_argument("--seeds", default="0", help="downstream seeds, comma separated")
-    parser.add_argument("--downstream", default='{"name": "scenes", "n_train": 3000, "n_test": 600}')
+    parser.add_argument("--downstream", default=None,
+                        help="downstream dataset config as JSON (default: toolkit.zoo.DOWNSTREAM, 3000 / 600 samples)")
     parser.add_argument("--lora", default='{"mode": "lora", "lora_rank": 16, "lora_alpha": 32, "lr": 2e-3, '
                                           '"epochs": 10, "batch_size": 32, "warmup": 0.1}',
                         help="one FineTune recipe as JSON, or a list of them (each is run)")
@@ -91,7 +92,11 @@ def main(argv=None) -> int:
         for v in chosen:
             try:
                 loras = json.loads(args.lora)
-                rows = run_one(v, args.device, json.loads(args.downstream),
+                from toolkit.zoo import DOWNSTREAM
+
+                downstream = json.loads(args.downstream) if args.downstream else {**DOWNSTREAM, "n_train": 3000,
+                                                                                     "n_test": 600}
+                rows = run_one(v, args.device, downstream,
                                loras if isinstance(loras, list) else [loras], seeds, args.threads)
             except Exception as exc:  # an experiment script: record the failure and go on
                 rows = [{"label": v.get("label"), "error": f"{type(exc).__name__}: {exc}"}]

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Tuple
 
-__all__ = ["ZooRecipe", "ZOO", "register_zoo", "recipe_hash", "DOWNSTREAM", "TOKENIZER_CORPUS"]
+__all__ = ["ZooRecipe", "ZOO", "register_zoo", "recipe_hash", "DOWNSTREAM", "LAYOUT", "TOKENIZER_CORPUS"]
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,11 @@ def register_zoo(recipe: ZooRecipe) -> ZooRecipe:
     return recipe
 
 
-#: the downstream task the zoo is meant to meet (not used in pretraining)
-DOWNSTREAM: Dict[str, Any] = {"name": "scenes"}
+#: scene layout of the zoo's pretraining data and of its downstream task: a 2 x 2 grid with at most
+#: two large objects. Measured: at the default 3 x 3 layout (objects 7-13 px at 48 px) tiny ViTs
+#: trained for minutes do not learn shapes at all (docs/results/testbed-probes.md).
+LAYOUT: Dict[str, Any] = {"grid": 2, "max_objects": 2, "object_scale": [0.6, 0.95]}
+#: the downstream task the zoo is meant to meet (question types never used in pretraining)
+DOWNSTREAM: Dict[str, Any] = {"name": "scenes", "image_size": 48, **LAYOUT}
 #: datasets whose questions and answers train the zoo tokenizers (so task words are single tokens)
 TOKENIZER_CORPUS: Tuple[str, ...] = ("scenes", "scenes_pretrain")
