@@ -13,7 +13,6 @@ building it there once if asked to.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
+from ..release import sha256_file
 from .recipes import TOKENIZER_CORPUS, ZOO, ZooRecipe, recipe_hash
 
 __all__ = ["build_zoo_model", "zoo_folder", "packaged_folder", "cache_root", "score_by_type", "tokenizer_corpus",
@@ -61,14 +61,6 @@ def score_by_type(model, samples: Sequence, max_new_tokens: int = 24, batch_size
         hits["all"].append(ok)
         hits[str(sample.meta.get("qtype", "?"))].append(ok)
     return {k: round(sum(v) / len(v), 4) for k, v in sorted(hits.items())}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_card(folder: Union[str, os.PathLike]) -> Dict[str, Any]:
@@ -109,7 +101,7 @@ def build_zoo_model(recipe: Union[str, ZooRecipe], out: Union[str, os.PathLike],
         del model
         reloaded = load_surrogate(final, device=device)
         scores = score_by_type(reloaded, list(held_out)[:eval_samples])
-        files = {p.name: _sha256(p) for p in sorted(final.iterdir()) if p.is_file()}
+        files = {p.name: sha256_file(p) for p in sorted(final.iterdir()) if p.is_file()}
         card = {
             "name": recipe.name, "recipe": recipe.to_dict(), "recipe_hash": recipe_hash(recipe),
             "pretrain_scores": scores, "eval_samples": min(eval_samples, len(held_out)),
