@@ -14,12 +14,24 @@ from toolkit.datasets import DATASETS, answer_words, render_spec, vocabulary
 from toolkit.datasets import grammar, synthetic
 from toolkit.datasets.grammar import ANSWER_WORDS, CAPTION_SUFFIXES, PREFIXES, QA_TYPES, STEMS, SUFFIXES, TYPES
 from toolkit.datasets.scene import Layout, Scene, SceneObject, Sign
+from toolkit.datasets.synthetic import SKILL_TYPES
 from toolkit.datasets.vocab import COL_WORDS, COLOURS, NUMBER_WORDS, ROW_WORDS, SHAPES, WORDS
 from toolkit.digits import load_digits_vqa
+from toolkit.metrics.accuracy import normalize_answer
 from toolkit.matrix import MatrixError, MatrixSpec, _Runner
 
 DOWNSTREAM = ("colour", "shape", "count", "position", "exist", "read")
 PRETRAIN = ("caption", "size", "text_colour")
+SKILLS = ("shape_at", "first_letter", "last_letter")
+#: every cell's place phrase in shape_at questions, written out independently of the grammar
+PLACES = {
+    2: {(0, 0): "in the top left corner", (0, 1): "in the top right corner",
+        (1, 0): "in the bottom left corner", (1, 1): "in the bottom right corner"},
+    3: {(0, 0): "in the top left corner", (0, 1): "in the middle of the top row", (0, 2): "in the top right corner",
+        (1, 0): "in the middle of the left column", (1, 1): "in the center", (1, 2): "in the middle of the right column",
+        (2, 0): "in the bottom left corner", (2, 1): "in the middle of the bottom row",
+        (2, 2): "in the bottom right corner"},
+}
 
 
 def _digest(image):
@@ -172,6 +184,16 @@ def _check_answers(samples, answers=ANSWER_WORDS, rows=ROW_WORDS, cols=COL_WORDS
             present = any(o["colour"] == query["colour"] and o["shape"] == query["shape"] for o in scene["objects"])
             assert s.answer == ("yes" if present else "no")
             assert f"{query['colour']} {query['shape']}" in q
+        elif qtype == "shape_at":
+            grid = scene["grid"]
+            named = [cell for cell, place in PLACES[grid].items() if place in q]
+            assert named == [(query["row"], query["col"])], q  # the question names exactly one cell, the asked one
+            (obj,) = [o for o in scene["objects"] if (o["row"], o["col"]) == named[0]]  # and it is occupied
+            assert s.answer == obj["shape"]
+            assert not words & set(SHAPES), q  # the question does not give the answer away
+        elif qtype in ("first_letter", "last_letter"):
+            assert s.answer == (scene["word"][0] if qtype == "first_letter" else scene["word"][-1])
+            assert len(s.answer) == 1 and not words & set(WORDS), q
         elif qtype == "read":
             assert s.answer == scene["word"]
         elif qtype == "text_colour":
@@ -198,6 +220,61 @@ def test_counts_include_zero_and_exist_is_balanced(downstream, everything):
     for t in QA_TYPES:
         answers = {s.answer for s in everything if s.meta["qtype"] == t}
         assert answers == set(ANSWER_WORDS[t]), t  # every possible answer occurs
+
+
+def test_every_answer_survives_normalisation():
+    """No answer (e.g. a letter "a", an article) is erased or changed by the accuracy metric's normalisation."""
+    for layout in (Layout(), Layout(grid=2, max_objects=2), Layout(grid=3, max_objects=9)):
+        for t, answers in grammar.answer_sets(layout).items():
+            for answer in answers:
+                assert answer and normalize_answer(answer) == answer, (t, answer)
+    assert all(normalize_answer(w[0]) == w[0] and normalize_answer(w[-1]) == w[-1] for w in WORDS)
+
+
+# ------------------------------------------------------------------ pretraining skill types
+def test_skill_types_are_opt_in_and_disjoint_from_the_downstream_task():
+    assert SKILL_TYPES == SKILLS and set(SKILLS) <= set(QA_TYPES)
+    assert set(SKILLS).isdisjoint(DATASETS.create("scenes").config.types)
+    assert set(SKILLS).isdisjoint(DATASETS.create("scenes_pretrain").config.types)  # the defaults are unchanged
+    assert grammar.DOMAINS["shape_at"] == ("scenes",)
+    assert grammar.DOMAINS["first_letter"] == grammar.DOMAINS["last_letter"] == ("signs",)
+    assert ANSWER_WORDS["shape_at"] == SHAPES
+    assert set(ANSWER_WORDS["first_letter"]) == {w[0] for w in WORDS}
+    assert set(ANSWER_WORDS["last_letter"]) == {w[-1] for w in WORDS}
+    assert all(len(STEMS[t]) >= 5 for t in SKILLS)
+    assert [[grammar.cell_place(r, c, g) for c in range(g)] for g in (2, 3) for r in range(g)] == [
+        [PLACES[g][r, c] for c in range(g)] for g in (2, 3) for r in range(g)]
+
+
+@pytest.mark.parametrize("grid", [2, 3])
+def test_skill_mix_builds_and_its_answers_agree_with_the_scene(grid):
+    types = ["caption", "size", "text_colour", "shape_at", "first_letter", "last_letter"]
+    dataset = DATASETS.create("scenes_pretrain", types=types, grid=grid, max_objects=2, n_train=300, n_test=50)
+    train, test = dataset.build()
+    assert (len(train), len(test)) == (300, 50)
+    assert {s.meta["qtype"] for s in train} == set(types)
+    sets = dataset.answer_sets()
+    rows, cols = (("top", "bottom"), ("left", "right")) if grid == 2 else (ROW_WORDS, COL_WORDS)
+    _check_answers(list(train) + list(test), sets, rows=rows, cols=cols)
+    shape_at = [s for s in train if s.meta["qtype"] == "shape_at"]
+    assert {(s.meta["query"]["row"], s.meta["query"]["col"]) for s in shape_at} == set(PLACES[grid])
+    if grid == 2:
+        assert not any(_words(s.question) & {"middle", "center", "row", "column"} for s in shape_at)
+    assert set(dataset.answer_words()) >= set(SHAPES) | {w[0] for w in WORDS} | {w[-1] for w in WORDS}
+
+
+def test_skill_stems_all_appear_and_name_one_occupied_cell(everything, grid2):
+    for data in (everything, grid2[1]):
+        templates = {s.meta["template"] for s in data}
+        assert templates >= {f"{t}.{i}" for t in SKILLS for i in range(len(STEMS[t]))}
+        for t in SKILLS:
+            assert {s.answer for s in data if s.meta["qtype"] == t} == set(ANSWER_WORDS[t]), t
+        for s in data:
+            if s.meta["qtype"] == "shape_at":
+                grid = s.meta["scene"]["grid"]
+                assert sum(place in s.question for place in PLACES[grid].values()) == 1, s.question
+    cells = {(s.meta["query"]["row"], s.meta["query"]["col"]) for s in everything if s.meta["qtype"] == "shape_at"}
+    assert cells == set(PLACES[3])
 
 
 def test_answer_words_helper():

@@ -6,7 +6,9 @@
 - ``scenes``: the downstream procedural VQA task (colour, shape, count, position,
   exist, read questions on rendered shapes and signs);
 - ``scenes_pretrain``: the same generator with disjoint question types (caption,
-  size, text_colour) and another default seed, to pretrain a model zoo on;
+  size, text_colour) and another default seed, to pretrain a model zoo on; the
+  opt-in ``SKILL_TYPES`` (shape_at, first_letter, last_letter) add shape and glyph
+  supervision in another question form than the downstream shape / read types;
 - ``digits``: scikit-learn's handwritten digits (:func:`toolkit.digits.load_digits_vqa`).
 
 The difficulty of ``scenes`` / ``scenes_pretrain`` is part of their config:
@@ -24,12 +26,12 @@ from .digits import Digits  # noqa: E402
 from .grammar import ANSWER_WORDS, QA_TYPES, STEMS, TYPES, answer_sets, answer_words, vocabulary  # noqa: E402
 from .render import render_spec  # noqa: E402
 from .scene import Layout, Scene, SceneObject, Sign, spec_from_dict  # noqa: E402
-from .synthetic import DOWNSTREAM_TYPES, PRETRAIN_TYPES, Scenes, ScenesPretrain, SyntheticVQA  # noqa: E402
+from .synthetic import DOWNSTREAM_TYPES, PRETRAIN_TYPES, SKILL_TYPES, Scenes, ScenesPretrain, SyntheticVQA  # noqa: E402
 
 DATASETS.register("scenes")(Scenes)
 DATASETS.register("scenes_pretrain")(ScenesPretrain)
 DATASETS.register("digits")(Digits)
 
 __all__ = ["DATASETS", "Scenes", "ScenesPretrain", "SyntheticVQA", "Digits", "ANSWER_WORDS", "QA_TYPES", "TYPES",
-           "STEMS", "DOWNSTREAM_TYPES", "PRETRAIN_TYPES", "answer_words", "answer_sets", "vocabulary",
+           "STEMS", "DOWNSTREAM_TYPES", "PRETRAIN_TYPES", "SKILL_TYPES", "answer_words", "answer_sets", "vocabulary",
            "render_spec", "Layout", "Scene", "SceneObject", "Sign", "spec_from_dict"]

@@ -13,9 +13,14 @@ A question is built in layers, each drawn from the generator:
 
 Objects are referred to only by attribute combinations that pick out exactly one
 object of the scene, and never by the attribute the question asks about. Every
-answer is one lowercase word (``ANSWER_WORDS`` on the default layout,
+answer is one lowercase word or letter (``ANSWER_WORDS`` on the default layout,
 :func:`answer_sets` for another one), except ``caption`` (a phrase, meant for
 pretraining).
+
+``shape_at`` refers to an object by its grid cell instead (:func:`cell_place`: "in the top left
+corner", "in the middle of the top row", "in the center"), and ``first_letter`` / ``last_letter``
+ask for one letter of a sign's word: pretraining skills (shape and glyph recognition) asked in
+another form than the downstream ``shape`` and ``read`` types.
 
 Position stems offer the options of the scene's grid (``{cols}`` "left, center or
 right" / "left or right", ``{col_places}`` "on the left, in the center or on the
@@ -37,18 +42,37 @@ from .vocab import (COUNT_WORDS, COLOUR_NAMES, PLACE_PHRASES, POSITION_WORDS, SH
 __all__ = [
     "QA_TYPES", "TYPES", "DOMAINS", "STEMS", "PREFIXES", "SUFFIXES", "CAPTION_SUFFIXES", "POSITION_AXES",
     "COLOUR_NOUNS", "PICTURE_NOUNS", "OBJECT_NOUNS", "WRITTEN_VERBS", "WHERE_PHRASES", "REFERENCES",
-    "ANSWER_WORDS", "Question", "ask", "caption", "cell_phrase", "position_options", "answer_sets",
-    "answer_words", "vocabulary",
+    "ANSWER_WORDS", "FIRST_LETTERS", "LAST_LETTERS", "CELL_PLACES", "Question", "ask", "caption", "cell_phrase",
+    "cell_place", "position_options", "answer_sets", "answer_words", "vocabulary",
 ]
 
 #: question types with a one-word answer
-QA_TYPES: Tuple[str, ...] = ("colour", "shape", "count", "position", "exist", "read", "size", "text_colour")
+QA_TYPES: Tuple[str, ...] = ("colour", "shape", "count", "position", "exist", "read", "size", "text_colour",
+                             "shape_at", "first_letter", "last_letter")
 #: every question type (``caption`` answers with a phrase)
 TYPES: Tuple[str, ...] = QA_TYPES + ("caption",)
 #: the visual domain(s) a type is asked on
 DOMAINS: Dict[str, Tuple[str, ...]] = {
-    **{t: ("scenes",) for t in ("colour", "shape", "count", "position", "exist", "size")},
-    "read": ("signs",), "text_colour": ("signs",), "caption": ("scenes", "signs"),
+    **{t: ("scenes",) for t in ("colour", "shape", "count", "position", "exist", "size", "shape_at")},
+    **{t: ("signs",) for t in ("read", "text_colour", "first_letter", "last_letter")},
+    "caption": ("scenes", "signs"),
+}
+
+#: answers of ``first_letter`` / ``last_letter``: the first / last letters of the sign words
+FIRST_LETTERS: Tuple[str, ...] = tuple(sorted({w[0] for w in WORDS}))
+LAST_LETTERS: Tuple[str, ...] = tuple(sorted({w[-1] for w in WORDS}))
+# a one-letter answer "a" would be erased by answer normalisation (it drops the articles a / an / the)
+if "a" in FIRST_LETTERS + LAST_LETTERS:
+    raise AssertionError("a sign word starts or ends with 'a': its letter answer would not survive "
+                         "toolkit.metrics.accuracy.normalize_answer; change vocab.WORDS")
+
+#: where each cell of a ``grid`` x ``grid`` grid is, for ``shape_at`` questions (``CELL_PLACES[grid][row][col]``)
+CELL_PLACES: Dict[int, Tuple[Tuple[str, ...], ...]] = {
+    2: (("in the top left corner", "in the top right corner"),
+        ("in the bottom left corner", "in the bottom right corner")),
+    3: (("in the top left corner", "in the middle of the top row", "in the top right corner"),
+        ("in the middle of the left column", "in the center", "in the middle of the right column"),
+        ("in the bottom left corner", "in the middle of the bottom row", "in the bottom right corner")),
 }
 
 COLOUR_NOUNS: Tuple[str, ...] = ("colour", "color")
@@ -136,6 +160,30 @@ STEMS: Dict[str, List[str]] = {
         "Name the {colour} of the letters{where}.",
         "What {colour} is the word on the sign?",
     ],
+    "shape_at": [
+        "What shape is {at}?",
+        "Which shape is {at} of the {picture}?",
+        "What is the shape of the {thing} {at}?",
+        "Name the shape {at}.",
+        "What kind of shape do you see {at}?",
+        "Tell me the shape of the {thing} {at} of the {picture}.",
+    ],
+    "first_letter": [
+        "What is the first letter of the word{where}?",
+        "Which letter does the {written} word start with?",
+        "What letter does the word on the sign begin with?",
+        "Name the first letter of the word {written}{where}.",
+        "What is the initial letter of the word on the sign?",
+        "Tell me the first letter of the {written} word.",
+    ],
+    "last_letter": [
+        "What is the last letter of the word{where}?",
+        "Which letter does the {written} word end with?",
+        "What letter does the word on the sign end in?",
+        "Name the last letter of the word {written}{where}.",
+        "What is the final letter of the word on the sign?",
+        "Tell me the last letter of the {written} word.",
+    ],
     "caption": [
         "Describe the {picture}.",
         "What is in the {picture}?",
@@ -171,6 +219,9 @@ def answer_sets(layout: Layout = DEFAULT_LAYOUT) -> Dict[str, Tuple[str, ...]]:
         "read": WORDS,
         "size": SIZES,
         "text_colour": COLOUR_NAMES,
+        "shape_at": SHAPES,
+        "first_letter": FIRST_LETTERS,
+        "last_letter": LAST_LETTERS,
     }
 
 
@@ -200,6 +251,12 @@ def cell_phrase(row: int, col: int, grid: int) -> str:
     return f"at the {r}" if c == "center" else f"at the {r} {c}"
 
 
+def cell_place(row: int, col: int, grid: int) -> str:
+    """Where a cell of a ``grid`` x ``grid`` grid is, for ``shape_at`` questions: "in the top left corner",
+    "in the middle of the top row", "in the center" (:data:`CELL_PLACES`); on a 2x2 grid always a corner."""
+    return CELL_PLACES[grid][row][col]
+
+
 @dataclass(frozen=True)
 class Question:
     """A generated question and its answer.
@@ -207,10 +264,11 @@ class Question:
     Attributes:
         qtype: question type (one of ``TYPES``).
         text: the question sentence.
-        answer: one lowercase word (a phrase for ``caption``).
+        answer: one lowercase word (a letter for ``first_letter`` / ``last_letter``, a phrase for
+            ``caption``).
         template: stem id ``"qtype.i"`` (``STEMS[qtype][i]``).
         query: what is asked about, JSON (e.g. ``{"ref": {"shape": "circle"}}``, ``{"of": "colour",
-            "value": "red"}``, ``{"axis": "vertical", "ref": ...}``, ``{"colour": ..., "shape": ...}``).
+            "value": "red"}``, ``{"axis": "vertical", "ref": ...}``, ``{"colour": ..., "shape": ...}``, ``{"row": 0, "col": 1}``).
         style: paraphrase choices, JSON: ``prefix`` / ``suffix`` indices, ``where`` none|after|front.
     """
 
@@ -322,6 +380,10 @@ def _ask_scene(qtype: str, scene: Scene, rng: np.random.Generator):
         else:
             answer = getattr(obj, qtype)
         return stem, slots, answer, query
+    if qtype == "shape_at":  # objects sit in distinct cells, so the cell picks out one object
+        obj = _pick(objects, rng)
+        slots = {"at": cell_place(obj.row, obj.col, scene.grid), "thing": _pick(OBJECT_NOUNS[:3], rng)}
+        return int(rng.integers(len(STEMS["shape_at"]))), slots, obj.shape, {"row": obj.row, "col": obj.col}
     if qtype == "count":
         of = ("total", "colour", "shape")[int(rng.integers(3))]
         noun = _pick(OBJECT_NOUNS, rng)
@@ -362,9 +424,10 @@ def ask(qtype: str, spec: Spec, rng: np.random.Generator) -> Optional[Question]:
     if qtype == "caption":
         stem, slots, answer, query = int(rng.integers(len(STEMS["caption"]))), {}, caption(spec), {}
         suffixes = CAPTION_SUFFIXES
-    elif qtype in ("read", "text_colour"):
+    elif qtype in ("read", "text_colour", "first_letter", "last_letter"):
         stem, slots, query = int(rng.integers(len(STEMS[qtype]))), {}, {}
-        answer = spec.word if qtype == "read" else spec.text_colour
+        answer = {"read": spec.word, "text_colour": spec.text_colour, "first_letter": spec.word[:1],
+                  "last_letter": spec.word[-1:]}[qtype]
     else:
         made = _ask_scene(qtype, spec, rng)
         if made is None:
@@ -393,6 +456,7 @@ def vocabulary() -> Tuple[str, ...]:
     texts += list(PREFIXES) + list(SUFFIXES) + list(CAPTION_SUFFIXES) + list(WHERE_PHRASES)
     texts += list(COLOUR_NOUNS + PICTURE_NOUNS + OBJECT_NOUNS + WRITTEN_VERBS + COLOUR_NAMES + SHAPES + SIZES)
     texts += [text for grid in POSITION_WORDS for text in position_options(grid).values()]
+    texts += [place for rows in CELL_PLACES.values() for row in rows for place in row]
     texts += [n + "s" for n in OBJECT_NOUNS] + list(SHAPE_PLURALS.values()) + ["a", "an"]
     words = set()
     for t in texts:

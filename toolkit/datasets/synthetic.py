@@ -28,13 +28,19 @@ from .render import MAX_SIZE, MIN_SIZE, render_spec
 from .scene import DEFAULT_LAYOUT, Layout, Spec, apply_layout, check_object_scale, sample_scene, sample_sign
 from .vocab import GRID, MAX_OBJECTS, OBJECT_SCALE, TEXT_SCALE
 
-__all__ = ["SyntheticVQA", "Scenes", "ScenesPretrain", "DOWNSTREAM_TYPES", "PRETRAIN_TYPES", "draw_item",
-           "image_digest"]
+__all__ = ["SyntheticVQA", "Scenes", "ScenesPretrain", "DOWNSTREAM_TYPES", "PRETRAIN_TYPES", "SKILL_TYPES",
+           "draw_item", "image_digest"]
 
 #: the downstream task's question types
 DOWNSTREAM_TYPES: Tuple[str, ...] = ("colour", "shape", "count", "position", "exist", "read")
 #: the pretraining mix: question types disjoint from the downstream task's
 PRETRAIN_TYPES: Tuple[str, ...] = ("caption", "size", "text_colour")
+#: opt-in pretraining skills, disjoint from the downstream types: shape recognition asked by grid cell
+#: (``shape_at``: "What shape is in the top left corner?", unlike the downstream ``shape``, which refers to
+#: an object by its colour/size) and glyph recognition asked letter by letter (``first_letter`` /
+#: ``last_letter``, unlike the downstream ``read``, which asks for the whole word); not in any default
+#: ``types``, e.g. ``DATASETS.create("scenes_pretrain", types=PRETRAIN_TYPES + SKILL_TYPES)``
+SKILL_TYPES: Tuple[str, ...] = ("shape_at", "first_letter", "last_letter")
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
@@ -193,7 +199,8 @@ class Scenes(SyntheticVQA):
 
 
 class ScenesPretrain(SyntheticVQA):
-    """Pretraining mix on the same generator: captions, object sizes, sign text colours (disjoint types)."""
+    """Pretraining mix on the same generator: captions, object sizes, sign text colours (disjoint types);
+    ``SKILL_TYPES`` (shape by grid cell, first / last letter of a sign's word) can be added to ``types``."""
 
     stream = 1
 
