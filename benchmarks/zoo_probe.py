@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     parser.add_argument("--downstream", default=None,
                         help="downstream dataset config as JSON (default: toolkit.zoo.DOWNSTREAM, 3000 / 600 samples)")
     parser.add_argument("--lora", default='{"mode": "lora", "lora_rank": 16, "lora_alpha": 32, "lr": 2e-3, '
-                                          '"epochs": 10, "batch_size": 32, "warmup": 0.1}',
+                                          '"epochs": 30, "batch_size": 32, "warmup": 0.05}',
                         help="one FineTune recipe as JSON, or a list of them (each is run)")
     parser.add_argument("--only", type=int, default=None, help="(internal) run variant number ONLY")
     args = parser.parse_args(argv)

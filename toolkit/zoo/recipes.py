@@ -2,10 +2,10 @@
 
 A zoo model is a tiny random-initialised LVLM of a real transformers family
 (:mod:`toolkit.surrogates.tiny`) that is then *pretrained* on a task mix that is
-disjoint from the downstream (protected) task: the ``scenes_pretrain`` mix of
-:mod:`toolkit.datasets` (captions, object size, text colour), while the
-downstream ``scenes`` task asks colour / shape / count / position / existence /
-read-the-word questions. So a zoo model arrives at the downstream data with
+disjoint from the downstream (protected) task: ``scenes_pretrain`` questions of
+:mod:`toolkit.datasets` (captions, object size, text colour, the shape in a named
+cell, the first / last letter of a written word), while the downstream ``scenes``
+task asks colour / shape / count / position / existence / read-the-word questions. So a zoo model arrives at the downstream data with
 visual and language priors, as a real LVLM does, and an attacker adapts it with
 LoRA, as in the MMGuard paper's setting.
 
@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Tuple
 
-__all__ = ["ZooRecipe", "ZOO", "register_zoo", "recipe_hash", "DOWNSTREAM", "LAYOUT", "TOKENIZER_CORPUS"]
+__all__ = ["ZooRecipe", "ZOO", "register_zoo", "recipe_hash", "DOWNSTREAM", "LAYOUT", "PRETRAIN_TYPES", "TOKENIZER_CORPUS"]
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,13 @@ def register_zoo(recipe: ZooRecipe) -> ZooRecipe:
 
 
 #: scene layout of the zoo's pretraining data and of its downstream task: a 2 x 2 grid with at most
-#: two large objects. Measured: at the default 3 x 3 layout (objects 7-13 px at 48 px) tiny ViTs
-#: trained for minutes do not learn shapes at all (docs/results/testbed-probes.md).
-LAYOUT: Dict[str, Any] = {"grid": 2, "max_objects": 2, "object_scale": [0.6, 0.95]}
+#: two large objects, signs with 24 px words at 48 px. Measured: at the default 3 x 3 layout
+#: (objects 7-13 px) and 14 px words, tiny ViTs trained for minutes learn neither shapes nor words
+#: (docs/results/testbed-probes.md).
+LAYOUT: Dict[str, Any] = {"grid": 2, "max_objects": 2, "object_scale": [0.6, 0.95], "text_scale": 0.5}
+#: question types the zoo pretrains on: captions, sizes, text colours and three skills that ask about
+#: shapes and letters in other forms than the downstream questions (none of them is a downstream type)
+PRETRAIN_TYPES: Tuple[str, ...] = ("caption", "size", "text_colour", "shape_at", "first_letter", "last_letter")
 #: the downstream task the zoo is meant to meet (question types never used in pretraining)
 DOWNSTREAM: Dict[str, Any] = {"name": "scenes", "image_size": 48, **LAYOUT}
 #: datasets whose questions and answers train the zoo tokenizers (so task words are single tokens)
