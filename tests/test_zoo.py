@@ -128,3 +128,22 @@ def test_cli_zoo_list_and_build(small_zoo_model, tmp_path, monkeypatch, capsys):
     assert cli.main(["zoo", "build", SMALL.name, "--out", str(tmp_path / "zoo"), "--quiet", "--threads", "2"]) == 0
     card = json.loads((tmp_path / "zoo" / SMALL.name / CARD).read_text())
     assert card["recipe_hash"] == recipe_hash(SMALL)
+
+
+def test_matrix_runs_a_zoo_victim_on_the_procedural_task(small_zoo_model, tmp_path, monkeypatch):
+    """End to end: zoo victim from the cache, scenes data, zero-shot row, LoRA fine-tune rows."""
+    import shutil
+
+    from toolkit.matrix import run_matrix
+
+    monkeypatch.setenv("MMGUARD_ZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(ZOO, SMALL.name, SMALL)
+    shutil.copytree(small_zoo_model, tmp_path / "cache" / f"{SMALL.name}-{recipe_hash(SMALL)}")
+    spec = {"name": "zoo", "data": {"source": "scenes", "n_train": 24, "n_test": 12, "image_size": 32, "grid": 2,
+                                    "max_objects": 2},
+            "models": {"v": {"zoo": SMALL.name}}, "victims": ["v"], "zero_shot": True,
+            "defenses": [{"name": "random_noise"}],
+            "finetune": {"mode": "lora", "epochs": 1, "batch_size": 8, "lora_rank": 4, "warmup": 0.1}}
+    rows = run_matrix(spec, tmp_path / "run", progress=False)
+    assert {r["defense"] for r in rows} == {"zero-shot", "clean", "random_noise"}
+    assert all(r["error"] is None and 0.0 <= r["accuracy"] <= 1.0 for r in rows)
