@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from toolkit import DEFENSES
-from toolkit.data import VQADataset
+from toolkit.data import DataError, VQADataset
 from toolkit.defenses import enforce_budget
 
 # Small, fast settings per defense (contract tests check behaviour, not efficacy).
@@ -95,7 +95,7 @@ def test_subclass_cannot_exceed_budget(data):
 def test_emn_needs_a_surrogate_and_validates_dataset(data):
     with pytest.raises(ValueError, match="needs at least one surrogate"):
         DEFENSES.create("emn").protect(data)
-    with pytest.raises(Exception, match="empty"):
+    with pytest.raises(DataError, match="empty"):
         DEFENSES.create("random_noise").protect(VQADataset([], "empty"))
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from toolkit import DEFENSES
+from toolkit.surrogates.base import CapabilityError
 from toolkit.checkpoint import CheckpointMismatch
 from toolkit.defenses.minmin import MinMinDefense, Perturbation, answer_classes
 from toolkit.defenses.tue import class_separability
@@ -178,5 +179,5 @@ def test_capability_error_names_missing(data, llava):
 
     blind = Blind.__new__(Blind)
     blind.__dict__.update(llava.__dict__)
-    with pytest.raises(Exception, match="token_grad|text"):
+    with pytest.raises(CapabilityError, match="token_grad|text"):
         DEFENSES.create("mem", **SMALL).protect(data, [blind])

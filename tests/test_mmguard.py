@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from toolkit import DEFENSES
+from toolkit.surrogates.base import CapabilityError
 from toolkit.attention import align_to_protected, attention_rows, mass_loss
 from toolkit.defenses.minmin import Perturbation, answer_classes
 from toolkit.defenses.mmguard import MMGUARD_VARIANTS, MMGuard
@@ -160,7 +161,7 @@ def test_bph_needs_image_attention(digits_small, llava):
 
     blind = NoImageAttention.__new__(NoImageAttention)
     blind.__dict__.update(llava.__dict__)
-    with pytest.raises(Exception, match="image_attention"):
+    with pytest.raises(CapabilityError, match="image_attention"):
         DEFENSES.create("mmguard_bph", rounds=1).protect(digits_small[0][:4], [blind])
 
 
