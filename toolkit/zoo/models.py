@@ -1,10 +1,10 @@
 """The zoo's registered recipes (see :mod:`toolkit.zoo.recipes`)."""
 from __future__ import annotations
 
-from .recipes import LAYOUT, PRETRAIN_TYPES, ZooRecipe, register_zoo
+from .recipes import LAYOUT, ZOO_PRETRAIN_TYPES, ZooRecipe, register_zoo
 
 _PRETRAIN_DATA = {"name": "scenes_pretrain", "n_train": 16000, "n_test": 600, "image_size": 48, "seed": 1000,
-                  "types": list(PRETRAIN_TYPES), **LAYOUT}
+                  "types": list(ZOO_PRETRAIN_TYPES), **LAYOUT}
 _PRETRAIN = {"mode": "full", "epochs": 10, "lr": 1e-3, "batch_size": 64, "warmup": 0.05, "weight_decay": 0.01,
              "schedule": "cosine"}
 

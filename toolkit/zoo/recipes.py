@@ -18,10 +18,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
-__all__ = ["ZooRecipe", "ZOO", "register_zoo", "recipe_hash", "DOWNSTREAM", "LAYOUT", "PRETRAIN_TYPES", "TOKENIZER_CORPUS"]
+from ..datasets import PRETRAIN_TYPES, SKILL_TYPES
+
+__all__ = ["ZooRecipe", "ZOO", "register_zoo", "recipe_hash", "DOWNSTREAM", "LAYOUT", "ZOO_PRETRAIN_TYPES", "TOKENIZER_CORPUS"]
 
 
 @dataclass(frozen=True)
@@ -76,9 +78,9 @@ def register_zoo(recipe: ZooRecipe) -> ZooRecipe:
 #: (objects 7-13 px) and 14 px words, tiny ViTs trained for minutes learn neither shapes nor words
 #: (docs/results/testbed-probes.md).
 LAYOUT: Dict[str, Any] = {"grid": 2, "max_objects": 2, "object_scale": [0.6, 0.95], "text_scale": 0.5}
-#: question types the zoo pretrains on: captions, sizes, text colours and three skills that ask about
-#: shapes and letters in other forms than the downstream questions (none of them is a downstream type)
-PRETRAIN_TYPES: Tuple[str, ...] = ("caption", "size", "text_colour", "shape_at", "first_letter", "last_letter")
+#: question types the zoo pretrains on: the ``scenes_pretrain`` mix (captions, sizes, text colours) and the
+#: three skills that ask about shapes and letters in other forms than the downstream questions
+ZOO_PRETRAIN_TYPES: Tuple[str, ...] = PRETRAIN_TYPES + SKILL_TYPES
 #: the downstream task the zoo is meant to meet (question types never used in pretraining)
 DOWNSTREAM: Dict[str, Any] = {"name": "scenes", "image_size": 48, **LAYOUT}
 #: datasets whose questions and answers train the zoo tokenizers (so task words are single tokens)
