@@ -33,14 +33,18 @@ def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
 
 
 def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One record per (victim, defense, countermeasure): accuracy mean/std over seeds, drop vs clean.
+    """One record per (victim, defense, countermeasure): accuracy mean/std over seeds, drops vs clean.
 
-    The drop is taken per seed against the clean fine-tune (no defense, no
-    countermeasure) of the same victim, then averaged. Error cells are kept with
-    their first message and no numbers.
+    ``drop_mean`` is taken per seed against the clean fine-tune (no defense, no
+    countermeasure) of the same victim, then averaged; ``drop_same_cm_mean``
+    against the clean data under the SAME countermeasure (what the protection
+    itself costs the attacker once the countermeasure is paid for; None when that
+    clean cell is missing). Error cells are kept with their first message and no
+    numbers.
     """
-    clean = {(r["victim"], r["seed"]): r["accuracy"] for r in rows
-             if r["defense"] == "clean" and r["countermeasure"] == "none" and r.get("error") is None}
+    clean_cm = {(r["victim"], r["countermeasure"], r["seed"]): r["accuracy"] for r in rows
+                if r["defense"] == "clean" and r.get("error") is None}
+    clean = {(v, s): acc for (v, cm, s), acc in clean_cm.items() if cm == "none"}
     groups: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["victim"], r["defense"], r["countermeasure"]), []).append(r)
@@ -55,6 +59,9 @@ def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             rec["accuracy_mean"], rec["accuracy_std"] = _mean_std([r["accuracy"] for r in ok])
             drops = [clean[(victim, r["seed"])] - r["accuracy"] for r in ok if (victim, r["seed"]) in clean]
             rec["drop_mean"] = _mean_std(drops)[0] if drops else None
+            same = [clean_cm[(victim, cm, r["seed"])] - r["accuracy"] for r in ok
+                    if (victim, cm, r["seed"]) in clean_cm]
+            rec["drop_same_cm_mean"] = _mean_std(same)[0] if len(same) == len(ok) else None
             for key in _EXTRA:
                 vals = [r[key] for r in ok if r.get(key) is not None]
                 rec[key] = sum(vals) / len(vals) if vals else None
@@ -71,16 +78,18 @@ def format_markdown(records: List[Dict[str, Any]]) -> str:
     lines: List[str] = []
     for victim in sorted({r["victim"] for r in records}):
         lines += [f"#### victim: {victim}", "",
-                  "| defense | countermeasure | threat model | clean-test acc. (%) | drop (points) | seeds | PSNR (dB) "
-                  "| SSIM | trigger words | protect s |", "|" + "---|" * 10]
+                  "| defense | countermeasure | threat model | clean-test acc. (%) | drop (points) "
+                  "| drop vs clean, same countermeasure | seeds | PSNR (dB) | SSIM | trigger words | protect s |",
+                  "|" + "---|" * 11]
         for r in (r for r in records if r["victim"] == victim):
             if r.get("accuracy_mean") is None:
                 acc = f"error: {r['error']}"
             else:
                 acc = f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f}"
             drop = None if r.get("drop_mean") is None else 100 * r["drop_mean"]
+            same = None if r.get("drop_same_cm_mean") is None else 100 * r["drop_same_cm_mean"]
             lines.append(f"| {r['defense']} | {r['countermeasure']} | {r['threat_model']} | {acc} | "
-                         f"{_fmt(drop, '+.1f')} | {r['seeds']} | {_fmt(r.get('psnr'), '.1f')} | "
+                         f"{_fmt(drop, '+.1f')} | {_fmt(same, '+.1f')} | {r['seeds']} | {_fmt(r.get('psnr'), '.1f')} | "
                          f"{_fmt(r.get('ssim'), '.3f')} | {_fmt(r.get('trigger_length'), '.1f')} | "
                          f"{_fmt(r.get('protect_seconds'), '.0f')} |")
         lines.append("")
@@ -127,7 +136,7 @@ def write_reports(out: Union[str, Path]) -> Dict[str, Path]:
     paths = {"markdown": out / "results.md", "csv": out / "results.csv"}
     paths["markdown"].write_text(format_markdown(records))
     keys = ["victim", "defense", "countermeasure", "threat_model", "accuracy_mean", "accuracy_std", "drop_mean",
-            "seeds", "errors", "error", *_EXTRA]
+            "drop_same_cm_mean", "seeds", "errors", "error", *_EXTRA]
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
