@@ -213,3 +213,13 @@ def test_benchmark_specs_validate(path):
     """Every shipped benchmark spec parses and validates (defense configs, models, fits) without work."""
     spec = load_spec(path)
     assert spec.defenses and spec.victims and spec.seeds
+
+
+def test_threat_model_sees_the_same_weights_under_another_name():
+    families = {"s": "llava", "v": "llava", "w": "llava", "q": "qwen2_vl"}
+    identities = {"s": {"zoo": "llava-a"}, "v": {"zoo": "llava-a"}, "w": {"zoo": "llava-b"}, "q": {"zoo": "qwen2vl-a"}}
+    assert threat_model("v", ["s"], families, identities) == "white-box"
+    assert threat_model("v", ["s"], families) == "gray-box"  # without identities only names are compared
+    assert threat_model("w", ["s"], families, identities) == "gray-box"
+    assert threat_model("q", ["s"], families, identities) == "black-box"
+    assert threat_model("q", [], families, identities) == "-"

@@ -31,6 +31,7 @@ import logging
 import os
 import resource
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from importlib import resources as ilr
@@ -40,7 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["ZERO_SHOT", "MatrixSpec", "DefenseSpec", "CountermeasureSpec", "run_matrix", "threat_model", "load_spec",
+__all__ = ["ZERO_SHOT", "MatrixSpec", "DefenseSpec", "CountermeasureSpec", "run_matrix", "threat_model", "peak_memory_mib", "load_spec",
            "MatrixError"]
 
 log = logging.getLogger(__name__)
@@ -281,19 +282,23 @@ def _hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def threat_model(victim: str, surrogates: Sequence[str], families: Dict[str, str]) -> str:
-    """"white-box" (victim among the surrogates), "gray-box" (same family) or "black-box"."""
+def threat_model(victim: str, surrogates: Sequence[str], families: Dict[str, str],
+                 identities: Optional[Dict[str, Any]] = None) -> str:
+    """"white-box" (victim among the surrogates, or the same weights under another name when ``identities``
+    maps model names to their content identity), "gray-box" (same family) or "black-box"."""
     if not surrogates:
         return "-"
-    if victim in surrogates:
+    if victim in surrogates or (identities and any(identities[victim] == identities[s] for s in surrogates)):
         return "white-box"
     if families[victim] in {families[s] for s in surrogates}:
         return "gray-box"
     return "black-box"
 
 
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def peak_memory_mib() -> float:
+    """Peak resident memory of this process so far (MiB; ``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024
 
 
 class _Cache:
@@ -426,7 +431,7 @@ class _Runner:
                 seconds = time.perf_counter() - t0
                 write_release(protection, tmp / "release")
                 self.counters["protect"] += 1
-                return {"seconds": seconds, "peak_mib": _peak_mib(), "rounds": protection.info.get("rounds")}
+                return {"seconds": seconds, "peak_mib": peak_memory_mib(), "rounds": protection.info.get("rounds")}
             self.cache.commit("protect", key, build)
         return key, self.cache.meta("protect", key)
 
@@ -572,7 +577,7 @@ class _Runner:
                 t0 = time.perf_counter()
                 acc, preds = evaluate_answers(model, test)
                 (tmp / "predictions.json").write_text(json.dumps(preds))
-                return {"accuracy": acc, "eval_seconds": time.perf_counter() - t0, "peak_mib": _peak_mib()}
+                return {"accuracy": acc, "eval_seconds": time.perf_counter() - t0, "peak_mib": peak_memory_mib()}
             self.cache.commit("zero_shot", key, build)
         return {"key": key, **self.cache.meta("zero_shot", key)}
 
@@ -597,7 +602,7 @@ class _Runner:
                 (tmp / "predictions.json").write_text(json.dumps(preds))
                 self.counters["finetune"] += 1
                 return {"accuracy": acc, "finetune_seconds": result.seconds,
-                        "eval_seconds": time.perf_counter() - t0, "peak_mib": _peak_mib()}
+                        "eval_seconds": time.perf_counter() - t0, "peak_mib": peak_memory_mib()}
             self.cache.commit("finetune", key, build)
         return {"key": key, **self.cache.meta("finetune", key)}
 
@@ -697,6 +702,7 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
                     log.warning("zero-shot %s failed: %s", v, exc)
                     row.update({"stage": "zero_shot", "error": f"{type(exc).__name__}: {exc}"})
                 rows.append(row)
+        identities = {m: runner.model_identity(m) for m in spec.models}
         for dspec in spec.defenses:
             for s in dspec.surrogates:
                 runner.model_folder(s)
@@ -715,13 +721,13 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
                     for v in spec.victims:
                         rows.append({**base, "countermeasure": cm.label, "victim": v, "stage": "protect",
                                      "error": f"{type(exc).__name__}: {exc}",
-                                     "threat_model": threat_model(v, dspec.surrogates, runner.families)})
+                                     "threat_model": threat_model(v, dspec.surrogates, runner.families, identities)})
                         bar.update(1)
                 continue
             for cm in spec.countermeasures:
                 for v in spec.victims:
                     row = {**base, "countermeasure": cm.label, "victim": v,
-                           "threat_model": threat_model(v, dspec.surrogates, runner.families),
+                           "threat_model": threat_model(v, dspec.surrogates, runner.families, identities),
                            "config_hash": _hash(dspec.name, dspec.config, dspec.surrogates, cm.name, cm.config, v,
                                                 spec.finetune),
                            "protect_seconds": pmeta.get("seconds", 0.0), **stealth}
