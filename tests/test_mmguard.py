@@ -11,7 +11,7 @@ from toolkit.surrogates.base import CapabilityError
 from toolkit.attention import align_to_protected, attention_rows, mass_loss
 from toolkit.defenses.minmin import Perturbation, answer_classes
 from toolkit.defenses.mmguard import MMGUARD_VARIANTS, MMGuard
-from toolkit.engine import make_generator
+from toolkit.engine import gather, make_generator
 from toolkit.metrics import mechanism_metrics
 from toolkit.release import write_release
 from toolkit.triggers import admissible_vocabulary
@@ -123,6 +123,27 @@ def test_crs_increases_tv_and_flipped_sign_decreases_it(digits_small, llava):
     assert start == pytest.approx(0.0, abs=1e-6)  # no delta, no trigger: same routing
     assert pushed > 1e-4
     assert pulled < pushed
+
+
+def test_crs_memoised_clean_pass_gives_the_same_loss(digits_small, llava):
+    """Inside a step CRS reuses each sample's clean pass across batches of any composition (a trigger pass
+    verifies many candidates per sample); the loss must equal the one computed from a fresh clean pass."""
+    data = list(digits_small[0][:6])
+    defense, pert, gen = _setup("mmguard_crs", data, llava)
+    items = [0, 3, 3, 5, 1, 0]  # repeated items, as in a batch of trigger candidates
+    idx = torch.tensor(items)
+    samples, spans = pert.batch_samples(idx)
+    x, clean = gather(pert.x, idx), [pert.samples[i] for i in items]
+    pixels = pert.pixels(idx)
+    with llava.frozen():
+        fresh, _ = defense.joint_loss(llava, pixels, samples, spans, pert.deltas(idx), x, clean)
+        defense._clean_memo = {}
+        defense.joint_loss(llava, pixels[:2], samples[:2], spans[:2], pert.deltas(idx[:2]), x[:2], clean[:2],
+                           items=items[:2])  # fills the memo for items 0 and 3 from another batch
+        memoised, _ = defense.joint_loss(llava, pixels, samples, spans, pert.deltas(idx), x, clean, items=items)
+        defense._clean_memo = None
+    assert torch.allclose(fresh, memoised, atol=1e-5)
+    assert fresh.abs().sum() > 0
 
 
 def test_max_variant_flips_the_training_term(digits_small, llava):

@@ -15,12 +15,12 @@ Shapes: attentions are tuples of (N, heads, L, L) (query, key); masks are (N, L)
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 
 __all__ = ["attention_rows", "mass_loss", "attention_mass", "tv_distance", "kl_divergence", "tv_lower_bound",
-           "align_to_protected", "perturbation_token_mask"]
+           "align_to_protected", "align_unpadded_to_protected", "perturbation_token_mask"]
 
 _TINY = 1e-12
 
@@ -82,12 +82,23 @@ def align_to_protected(clean_rows: torch.Tensor, clean_ids: torch.Tensor, clean_
     next to the trigger can merge or split a token: leftover mass goes to the
     last such position). Trigger positions get zero (the paper's zero-padding).
     """
-    n = clean_rows.shape[0]
-    out = clean_rows.new_zeros((n, prot_ids.shape[1]))
-    for i in range(n):
+    clean = []
+    for i in range(clean_rows.shape[0]):
         c_pos = clean_valid[i].nonzero().squeeze(1)
+        clean.append((clean_rows[i, c_pos], clean_ids[i, c_pos].tolist()))
+    return align_unpadded_to_protected(clean, prot_ids, prot_valid, trigger)
+
+
+def align_unpadded_to_protected(clean: Sequence[Tuple[torch.Tensor, List[int]]], prot_ids: torch.Tensor,
+                                prot_valid: torch.Tensor, trigger: torch.Tensor) -> torch.Tensor:
+    """:func:`align_to_protected` for clean rows already cut to each sample's own tokens: ``clean[i]`` =
+    (attention row over sample i's valid key positions (Lc_i,), their token ids). Lets a caller keep clean
+    rows per sample (e.g. memoised across batches of other compositions)."""
+    dtype, device = (clean[0][0].dtype, clean[0][0].device) if clean else (torch.float32, prot_ids.device)
+    out = torch.zeros(tuple(prot_ids.shape), dtype=dtype, device=device)
+    for i, (src, c) in enumerate(clean):
         p_pos = prot_valid[i].nonzero().squeeze(1)
-        c, p = clean_ids[i, c_pos].tolist(), prot_ids[i, p_pos].tolist()
+        p = prot_ids[i, p_pos].tolist()
         a = 0
         while a < min(len(c), len(p)) and c[a] == p[a] and not trigger[i, p_pos[a]]:
             a += 1
@@ -100,7 +111,6 @@ def align_to_protected(clean_rows: torch.Tensor, clean_ids: torch.Tensor, clean_
             pos = k - a
             mapping.append(middle[min(pos, len(middle) - 1)] if middle else -1)
         mapping += list(range(len(p) - b, len(p)))
-        src = clean_rows[i, c_pos]
         keep = torch.tensor([m >= 0 for m in mapping], dtype=torch.bool)
         targets = p_pos[torch.tensor([m for m in mapping if m >= 0], dtype=torch.long)]
         out[i].index_add_(0, targets.to(out.device), src[keep.to(src.device)])

@@ -40,11 +40,11 @@ ensembles of other sizes / families.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..attention import align_to_protected, attention_rows, kl_divergence, mass_loss, perturbation_token_mask
+from ..attention import align_unpadded_to_protected, attention_rows, kl_divergence, mass_loss, perturbation_token_mask
 from ..engine import gather
 from ..registry import check_range
 from ..surrogates.regions import region_means
@@ -140,6 +140,7 @@ class MMGuard(MinMinDefense):
             self.config = type(self.config)(**{**self.config.to_dict(), "pgd_steps": 0, "init": "zeros"})
         if self.binding == "bph":
             self.requires = self.requires + ("image_attention",)
+        self._clean_memo: Optional[Dict[Tuple[int, int], Any]] = None  # CRS clean passes of the current step
 
     # ------------------------------------------------------------------ state
     def setup(self, pert, surrogates, gen):
@@ -155,25 +156,71 @@ class MMGuard(MinMinDefense):
 
     def image_step(self, surrogates, pert, gen):
         self._pert = pert
-        super().image_step(surrogates, pert, gen)
+        self._clean_memo = {}  # the surrogates are frozen for the whole step
+        try:
+            super().image_step(surrogates, pert, gen)
+        finally:
+            self._clean_memo = None
 
     def text_step(self, rnd, surrogates, pert, gen):
         if not self.uses_trigger or rnd % self.config.trigger_every:
             return
         self._pert = pert
-        self._last_trigger_stats = self.trigger_pass(
-            surrogates, pert, torch.arange(len(pert)), self.config.trigger_candidates, loss_fn=self._loss_fn,
-            batch_size=self.config.pgd_batch_size)
+        self._clean_memo = {}
+        try:
+            self._last_trigger_stats = self.trigger_pass(
+                surrogates, pert, torch.arange(len(pert)), self.config.trigger_candidates, loss_fn=self._loss_fn,
+                batch_size=self.config.pgd_batch_size)
+        finally:
+            self._clean_memo = None
+
+    def _clean_answer_rows(self, surrogate, clean_pixels: torch.Tensor, clean_samples, k: int,
+                           items: Optional[Sequence[int]] = None) -> List[Tuple[List[torch.Tensor], List[int]]]:
+        """CRS's clean pass (no delta, no trigger), per sample: the answer-attention row of each of the first
+        ``k`` layers over the sample's own key positions, and the token ids there.
+
+        The clean pass depends only on the sample and the frozen surrogate, so when ``items`` (dataset
+        indices) are given inside a step it is memoised per (surrogate, item) for that step: a trigger pass
+        verifies every candidate of every slot against one clean pass per sample instead of one each.
+        """
+        memo = self._clean_memo if items is not None else None
+        n = len(clean_samples)
+        if memo is None:
+            todo = list(range(n))
+        else:
+            first: Dict[int, int] = {}
+            for j, i in enumerate(items):
+                if (id(surrogate), int(i)) not in memo:
+                    first.setdefault(int(i), j)
+            todo = sorted(first.values())
+        fresh: Dict[int, Tuple[List[torch.Tensor], List[int]]] = {}
+        if todo:
+            sel = torch.tensor(todo)
+            with torch.no_grad():
+                res = surrogate.forward_samples(clean_pixels[sel], [clean_samples[j] for j in todo], None,
+                                                attention_layers=k)
+            valid = res.batch.attention_mask.bool()
+            layers = [attention_rows(a, res.batch.answer_mask) for a in res.attentions]
+            for r, j in enumerate(todo):
+                pos = valid[r].nonzero().squeeze(1)
+                fresh[j] = ([rows[r, pos] for rows in layers], res.batch.input_ids[r, pos].tolist())
+        if memo is None:
+            return [fresh[j] for j in range(n)]
+        for j in todo:
+            memo[(id(surrogate), int(items[j]))] = fresh[j]
+        return [memo[(id(surrogate), int(i))] for i in items]
 
     # ------------------------------------------------------------------ loss
     def joint_loss(self, surrogate, pixels: torch.Tensor, samples, spans, deltas: torch.Tensor,
-                   clean_pixels: Optional[torch.Tensor], clean_samples: Optional[List], embedding_grad: bool = False):
+                   clean_pixels: Optional[torch.Tensor], clean_samples: Optional[List], embedding_grad: bool = False,
+                   items: Optional[Sequence[int]] = None):
         """Per-sample l_joint (N,) on one surrogate, and the protected forward result.
 
         Args:
             pixels: protected images (N, 3, H, W); deltas: their perturbations (for Omega_delta).
             samples / spans: questions with triggers inserted and the trigger character spans.
             clean_pixels / clean_samples: the clean inputs (CRS only).
+            items: the samples' dataset indices (CRS: lets a step reuse each sample's clean pass).
         """
         cfg = self.config
         k = cfg.attention_layers if self.binding else 0
@@ -190,13 +237,12 @@ class MMGuard(MinMinDefense):
             omega_delta = perturbation_token_mask(batch.image_mask, scores.to(batch.image_mask.device), cfg.tau_delta)
             bind = binding_loss_terms(res.attentions, batch.answer_mask, trigger, omega_delta, cfg.bph_weights)
         else:
-            with torch.no_grad():
-                clean = surrogate.forward_samples(clean_pixels, clean_samples, None, attention_layers=k)
+            clean = self._clean_answer_rows(surrogate, clean_pixels, clean_samples, k, items)
+            valid = batch.attention_mask.bool()
             bind = 0.0
-            for a_clean, a_prot in zip(clean.attentions, res.attentions):
-                p_clean = attention_rows(a_clean, clean.batch.answer_mask)
-                p_clean = align_to_protected(p_clean, clean.batch.input_ids, clean.batch.attention_mask.bool(),
-                                             batch.input_ids, batch.attention_mask.bool(), trigger)
+            for layer, a_prot in enumerate(res.attentions):
+                p_clean = align_unpadded_to_protected([(rows[layer], ids) for rows, ids in clean], batch.input_ids,
+                                                      valid, trigger)
                 bind = bind - kl_divergence(p_clean, attention_rows(a_prot, batch.answer_mask))
             bind = bind / len(res.attentions)
         return loss + cfg.lambda_bind * bind, res
@@ -206,7 +252,7 @@ class MMGuard(MinMinDefense):
         pert = self._pert
         idx = torch.tensor(list(items))
         return self.joint_loss(surrogate, pixels, samples, spans, pert.deltas(idx), gather(pert.x, idx),
-                               [pert.samples[i] for i in idx.tolist()], embedding_grad)
+                               [pert.samples[i] for i in idx.tolist()], embedding_grad, items=idx.tolist())
 
     def objective(self, surrogates, x, d, samples, labels, idx):
         pert = self._pert
@@ -215,7 +261,7 @@ class MMGuard(MinMinDefense):
         pixels = (x + d).clamp(0, 1)
         total = 0.0
         for s, w in _flatten(surrogates):
-            loss, _ = self.joint_loss(s, pixels, samples, spans, d, x, clean)
+            loss, _ = self.joint_loss(s, pixels, samples, spans, d, x, clean, items=idx.tolist())
             total = total + w * loss.sum()
         return total
 
