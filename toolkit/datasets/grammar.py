@@ -40,7 +40,7 @@ from .vocab import (COUNT_WORDS, COLOUR_NAMES, PLACE_PHRASES, POSITION_WORDS, SH
                     SIGN_ROW_PHRASES, SIZES, WORDS)
 
 __all__ = [
-    "QA_TYPES", "TYPES", "DOMAINS", "STEMS", "PREFIXES", "SUFFIXES", "CAPTION_SUFFIXES", "POSITION_AXES",
+    "QA_TYPES", "TYPES", "DOMAINS", "CORNERS", "STEMS", "PREFIXES", "SUFFIXES", "CAPTION_SUFFIXES", "POSITION_AXES",
     "COLOUR_NOUNS", "PICTURE_NOUNS", "OBJECT_NOUNS", "WRITTEN_VERBS", "WHERE_PHRASES", "REFERENCES",
     "ANSWER_WORDS", "FIRST_LETTERS", "LAST_LETTERS", "CELL_PLACES", "Question", "ask", "caption", "cell_phrase",
     "cell_place", "position_options", "answer_sets", "answer_words", "vocabulary",
@@ -48,16 +48,19 @@ __all__ = [
 
 #: question types with a one-word answer
 QA_TYPES: Tuple[str, ...] = ("colour", "shape", "count", "position", "exist", "read", "size", "text_colour",
-                             "shape_at", "first_letter", "last_letter")
+                             "shape_at", "first_letter", "last_letter", "size_check", "corners", "letter_count")
 #: every question type (``caption`` answers with a phrase)
 TYPES: Tuple[str, ...] = QA_TYPES + ("caption",)
 #: the visual domain(s) a type is asked on
 DOMAINS: Dict[str, Tuple[str, ...]] = {
-    **{t: ("scenes",) for t in ("colour", "shape", "count", "position", "exist", "size", "shape_at")},
-    **{t: ("signs",) for t in ("read", "text_colour", "first_letter", "last_letter")},
+    **{t: ("scenes",) for t in ("colour", "shape", "count", "position", "exist", "size", "shape_at", "size_check",
+                                "corners")},
+    **{t: ("signs",) for t in ("read", "text_colour", "first_letter", "last_letter", "letter_count")},
     "caption": ("scenes", "signs"),
 }
 
+#: answers of ``corners`` questions (how many corners each shape has)
+CORNERS: Dict[str, str] = {"circle": "zero", "square": "four", "triangle": "three", "diamond": "four"}
 #: answers of ``first_letter`` / ``last_letter``: the first / last letters of the sign words
 FIRST_LETTERS: Tuple[str, ...] = tuple(sorted({w[0] for w in WORDS}))
 LAST_LETTERS: Tuple[str, ...] = tuple(sorted({w[-1] for w in WORDS}))
@@ -184,6 +187,27 @@ STEMS: Dict[str, List[str]] = {
         "What is the final letter of the word on the sign?",
         "Tell me the last letter of the {written} word.",
     ],
+    "size_check": [
+        "Is the {ref} {size}{where}?",
+        "Would you say the {ref} is {size}{where}?",
+        "Is the {ref}{where} a {size} one?",
+        "Does the {ref} look {size}{where}?",
+        "Tell me whether the {ref} is {size}{where}.",
+    ],
+    "corners": [
+        "How many corners does the {ref} have{where}?",
+        "How many corners has the {ref}{where}?",
+        "Count the corners of the {ref}{where}.",
+        "What is the number of corners of the {ref}{where}?",
+        "Tell me how many corners the {ref} has{where}.",
+    ],
+    "letter_count": [
+        "How many letters does the word{where} have?",
+        "How many letters are in the word on the sign?",
+        "Count the letters of the {written} word.",
+        "What is the number of letters in the word{where}?",
+        "Tell me how many letters the {written} word has.",
+    ],
     "caption": [
         "Describe the {picture}.",
         "What is in the {picture}?",
@@ -201,6 +225,8 @@ REFERENCES: Dict[str, Tuple[Tuple[str, ...], ...]] = {
     "colour": (("shape",), ("size", "shape")),
     "shape": (("colour",), ("size", "colour")),
     "size": (("shape",), ("colour",), ("colour", "shape")),
+    "size_check": (("shape",), ("colour",), ("colour", "shape")),
+    "corners": (("colour",), ("size", "colour")),
     "position": (("shape",), ("colour",), ("colour", "shape"), ("size", "shape"), ("size", "colour"),
                  ("size", "colour", "shape")),
 }
@@ -222,6 +248,9 @@ def answer_sets(layout: Layout = DEFAULT_LAYOUT) -> Dict[str, Tuple[str, ...]]:
         "shape_at": SHAPES,
         "first_letter": FIRST_LETTERS,
         "last_letter": LAST_LETTERS,
+        "size_check": ("yes", "no"),
+        "corners": tuple(sorted(set(CORNERS.values()), key=COUNT_WORDS.index)),
+        "letter_count": tuple(sorted({COUNT_WORDS[len(w)] for w in WORDS}, key=COUNT_WORDS.index)),
     }
 
 
@@ -362,6 +391,19 @@ def caption(spec: Spec) -> str:
 def _ask_scene(qtype: str, scene: Scene, rng: np.random.Generator):
     """(stem index, slots, answer, query) of a scene question, or None when the scene cannot support it."""
     objects = scene.objects
+    if qtype in ("size_check", "corners"):  # skills whose answers are yes / no and number words
+        picked = _pick_reference(objects, REFERENCES[qtype], rng)
+        if picked is None:
+            return None
+        obj, ref = picked
+        slots = {"ref": _ref_phrase(ref, OBJECT_NOUNS, rng)}
+        if qtype == "size_check":
+            asked = _pick(SIZES, rng)
+            slots["size"] = asked
+            answer = "yes" if obj.size == asked else "no"
+        else:
+            answer = CORNERS[obj.shape]
+        return int(rng.integers(len(STEMS[qtype]))), slots, answer, {"ref": ref}
     if qtype in ("colour", "shape", "size", "position"):
         picked = _pick_reference(objects, REFERENCES[qtype], rng)
         if picked is None:
@@ -424,10 +466,10 @@ def ask(qtype: str, spec: Spec, rng: np.random.Generator) -> Optional[Question]:
     if qtype == "caption":
         stem, slots, answer, query = int(rng.integers(len(STEMS["caption"]))), {}, caption(spec), {}
         suffixes = CAPTION_SUFFIXES
-    elif qtype in ("read", "text_colour", "first_letter", "last_letter"):
+    elif qtype in ("read", "text_colour", "first_letter", "last_letter", "letter_count"):
         stem, slots, query = int(rng.integers(len(STEMS[qtype]))), {}, {}
         answer = {"read": spec.word, "text_colour": spec.text_colour, "first_letter": spec.word[:1],
-                  "last_letter": spec.word[-1:]}[qtype]
+                  "last_letter": spec.word[-1:], "letter_count": COUNT_WORDS[len(spec.word)]}[qtype]
     else:
         made = _ask_scene(qtype, spec, rng)
         if made is None:

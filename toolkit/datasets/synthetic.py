@@ -28,7 +28,7 @@ from .render import MAX_SIZE, MIN_SIZE, render_spec
 from .scene import DEFAULT_LAYOUT, Layout, Spec, apply_layout, check_object_scale, sample_scene, sample_sign
 from .vocab import GRID, MAX_OBJECTS, OBJECT_SCALE, TEXT_SCALE
 
-__all__ = ["SyntheticVQA", "Scenes", "ScenesPretrain", "DOWNSTREAM_TYPES", "PRETRAIN_TYPES", "SKILL_TYPES",
+__all__ = ["SyntheticVQA", "Scenes", "ScenesPretrain", "DOWNSTREAM_TYPES", "PRETRAIN_TYPES", "SKILL_TYPES", "ANSWER_SKILL_TYPES",
            "draw_item", "image_digest"]
 
 #: the downstream task's question types
@@ -41,6 +41,10 @@ PRETRAIN_TYPES: Tuple[str, ...] = ("caption", "size", "text_colour")
 #: ``last_letter``, unlike the downstream ``read``, which asks for the whole word); not in any default
 #: ``types``, e.g. ``DATASETS.create("scenes_pretrain", types=PRETRAIN_TYPES + SKILL_TYPES)``
 SKILL_TYPES: Tuple[str, ...] = ("shape_at", "first_letter", "last_letter")
+#: opt-in pretraining skills whose answers are the downstream task's answer words that the other pretraining
+#: types never produce: yes / no (``size_check``: "Is the red circle large?") and number words (``corners``:
+#: "How many corners does the red object have?", ``letter_count``: "How many letters does the word have?")
+ANSWER_SKILL_TYPES: Tuple[str, ...] = ("size_check", "corners", "letter_count")
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
