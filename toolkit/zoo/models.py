@@ -5,7 +5,7 @@ from .recipes import LAYOUT, ZOO_PRETRAIN_TYPES, ZooRecipe, register_zoo
 
 _PRETRAIN_DATA = {"name": "scenes_pretrain", "n_train": 16000, "n_test": 600, "image_size": 48, "seed": 1000,
                   "types": list(ZOO_PRETRAIN_TYPES), **LAYOUT}
-_PRETRAIN = {"mode": "full", "epochs": 10, "lr": 1e-3, "batch_size": 64, "warmup": 0.05, "weight_decay": 0.01,
+_PRETRAIN = {"mode": "full", "epochs": 16, "lr": 1e-3, "batch_size": 64, "warmup": 0.05, "weight_decay": 0.01,
              "schedule": "cosine"}
 
 register_zoo(ZooRecipe(
@@ -15,11 +15,22 @@ register_zoo(ZooRecipe(
     data=_PRETRAIN_DATA, train=_PRETRAIN,
     summary="tiny LLaVA-1.5 (CLIP ViT + Llama), pretrained on the scenes_pretrain mix"))
 
+# seed 1 (data seed 1001) stayed on the pretraining plateau (held-out 55.0%, letters 25-29%); seed 2 left it
+# (docs/results/testbed-probes.md section 5), so llava-b is seed 2
+register_zoo(ZooRecipe(
+    name="llava-b", family="llava", seed=2,
+    arch={"image_size": 48, "patch_size": 8, "hidden_size": 128, "num_layers": 2, "vision_hidden_size": 64,
+          "vision_layers": 2, "vocab_size": 800},
+    data={**_PRETRAIN_DATA, "seed": 1002}, train=_PRETRAIN,
+    summary="llava-a's sibling: same architecture and mix, other init and pretraining sample (a gray-box victim)"))
+
 register_zoo(ZooRecipe(
     name="qwen2vl-a", family="qwen2_vl", seed=0,
     arch={"min_side": 48, "max_side": 48, "patch_size": 6, "hidden_size": 128, "num_layers": 2,
           "vision_hidden_size": 64, "vision_layers": 2, "vocab_size": 800},
-    data=_PRETRAIN_DATA, train=_PRETRAIN,
+    # built at twice the learning rate (a probe of whether it shortens the pretraining plateau: it did not, see
+    # docs/results/testbed-probes.md section 5); kept because these are the shipped weights
+    data=_PRETRAIN_DATA, train={**_PRETRAIN, "lr": 2e-3},
     summary="tiny Qwen2-VL (patch ViT + 2x2 merger + M-RoPE Qwen2), pretrained on the scenes_pretrain mix"))
 
 register_zoo(ZooRecipe(
