@@ -40,6 +40,7 @@ def parse_config(items: Optional[List[str]]) -> Dict[str, Any]:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .matrix import peak_memory_mib
     from .reports import aggregate, format_markdown
 
     start = time.perf_counter()
@@ -47,7 +48,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     progress=not args.quiet, defenses=args.defenses)
     print(format_markdown(aggregate(rows)))
     print(f"\nwrote {Path(args.out) / 'results.md'}, results.csv, rows.jsonl and the heatmap; "
-          f"total {time.perf_counter() - start:.0f} s")
+          f"total {time.perf_counter() - start:.0f} s, peak memory {peak_memory_mib():.0f} MiB")
     return 0
 
 
@@ -221,11 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="clean vs random noise vs EMN, with and without JPEG, on digits VQA")
+    demo = sub.add_parser("demo", help="MMGuard, EMN and MEM vs JPEG-10 and the trigger filter, LoRA "
+                          "victim, on the procedural testbed")
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    demo.add_argument("--epochs", type=int, default=15, help="victim fine-tuning epochs (default 15)")
+    demo.add_argument("--epochs", type=int, default=None, help="victim LoRA epochs (default: the spec's 15)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--limit", type=int, default=0, help="use at most this many samples (0 = all 1,797)")
+    demo.add_argument("--limit", type=int, default=0,
+                      help="a small slice: N training samples, N/3 test (0 = the spec's 1,000 / 300)")
     demo.add_argument("--defenses", nargs="*", default=None, help="subset of demo defense labels")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)

@@ -1,11 +1,15 @@
-"""The demo: the packaged mini matrix (``toolkit/specs/demo.yaml``) on the embedded digits data.
+"""The demo: the packaged mini matrix (``toolkit/specs/demo.yaml``) on the procedural testbed.
 
-clean / random noise / EMN class-wise / EMN sample-wise, each without and with
-JPEG-10 -> unauthorized full fine-tune of a fresh tiny LLaVA victim -> accuracy
-on the CLEAN test split. Surrogate and victim have different random
-initialisations (gray-box). Everything runs on CPU; nothing is downloaded. The
-run is a normal matrix run: cached, resumable, with ``rows.jsonl``,
-``results.md``, ``results.csv`` and a heatmap in the output folder.
+The ``scenes`` VQA task (six question types, paraphrased questions) and two
+pretrained zoo models: the owner protects the training split against the
+surrogate ``llava-a`` with EMN, MEM and MMGuard (text-only, multimodal, BPH,
+CRS); the attacker applies no countermeasure, JPEG-10 or the n-gram trigger
+filter and LoRA-tunes ``llava-b`` (same family, other weights: gray-box) on the
+release; efficacy is the victim's accuracy on the CLEAN test split, beside the
+zero-shot and clean rows. Everything runs on CPU from the shipped zoo weights;
+nothing is downloaded. The run is a normal matrix run: cached, resumable, with
+``rows.jsonl``, ``results.md``, ``results.csv`` and a heatmap in the output
+folder. The former digits demo is ``benchmarks/specs/digits_demo.yaml``.
 """
 from __future__ import annotations
 
@@ -28,8 +32,12 @@ def demo_spec(epochs: Optional[int] = None, seed: Optional[int] = None, limit: i
         spec["finetune"]["epochs"] = int(epochs)
     if seed is not None:
         spec["seeds"] = [int(seed)]
-    if limit:
-        spec["data"]["limit"] = int(limit)
+    if limit:  # a small slice: n_train = limit (a fifth of it the attacker's clean data), n_test = limit / 3
+        limit = int(limit)
+        if limit < 10:
+            raise ValueError(f"limit must be >= 10 samples, got {limit}")
+        spec["data"].update(n_train=limit, n_test=max(limit // 3, 5),
+                            attacker_clean=min(spec["data"].get("attacker_clean", 0), limit // 5))
     if defenses is not None:
         unknown = set(defenses) - {"clean"} - {d["label"] for d in spec["defenses"]}
         if unknown:
