@@ -145,15 +145,33 @@ def test_threat_model_labels():
     ({"finetune": {"pretrain": {"task": "numeral", "epoch": 3}}}, "finetune.pretrain"),
     ({"zero_shot": "yes"}, "zero_shot: true or false"),
     ({"defenses": [{"label": "zero-shot", "name": "random_noise"}]}, "reserved"),
+    ({"defenses": [{"name": "random_noise", "limt": 60}]}, r"defenses\[0\]: unknown keys \['limt'\]"),
+    ({"countermeasures": [{"name": "jpeg", "confg": {}}]}, r"countermeasures\[0\]: unknown keys \['confg'\]"),
+    ({"defenses": "random_noise"}, "defenses: a list of entries"),
+    ({"defenses": [7]}, r"defenses\[0\]: a name or a mapping"),
+    ({"seeds": "1"}, "seeds: an int or a list of them"),
+    ({"seeds": [0, True]}, "seeds: an int or a list of them"),
+    ({"victims": [3]}, "victims: a str or a list of them"),
 ])
 def test_bad_specs(patch, message):
     with pytest.raises((MatrixError, TypeError, ValueError), match=message):
         MatrixSpec.from_dict({**_spec(), **patch})
 
 
+def test_scalars_and_bare_names_where_lists_of_entries_are_expected():
+    spec = MatrixSpec.from_dict({**_spec(), "seeds": 1, "victims": "v", "metrics": "accuracy",
+                                 "defenses": ["random_noise", {"label": "emn", "name": "emn", "surrogates": "s",
+                                                               "config": EMN}],
+                                 "countermeasures": ["jpeg"]})
+    assert spec.seeds == (1,) and spec.victims == ("v",) and spec.metrics == ("accuracy",)
+    assert [d.label for d in spec.defenses] == ["clean", "random_noise", "emn"]
+    assert spec.defenses[2].surrogates == ("s",)
+    assert [c.label for c in spec.countermeasures] == ["none", "jpeg"]
+
+
 def test_packaged_demo_spec_and_cli_report(first_run, capsys):
     spec = load_spec("demo")
-    assert spec.name == "demo" and spec.victims == ("victim",) and len(spec.defenses) == 4
+    assert spec.name == "demo" and spec.victims == ("victim",) and len(spec.defenses) == 7
     out, _ = first_run
     (out / "results.md").unlink()
     assert main(["report", str(out)]) == 0

@@ -117,12 +117,12 @@ class MatrixSpec:
                 if m["zoo"] not in ZOO or set(m) != {"zoo"}:
                     raise MatrixError(f"models.{key}.zoo: one of {sorted(ZOO)} and no other keys, got {m!r}")
         defenses = [DefenseSpec("clean", None)]
-        for i, d in enumerate(spec.get("defenses") or []):
+        for i, d in enumerate(_entries(spec.get("defenses"), "defenses", _DEFENSE_KEYS)):
             name = d.get("name")
             if name not in DEFENSES:
                 raise MatrixError(f"defenses[{i}].name: unknown defense {name!r}; known: {DEFENSES.names()}")
             DEFENSES.create(name, **(d.get("config") or {}))  # validates the config now
-            surrogates = tuple(d.get("surrogates") or ())
+            surrogates = tuple(_as_list(d.get("surrogates"), f"defenses[{i}].surrogates", str))
             for s in surrogates:
                 if s not in models:
                     raise MatrixError(f"defenses[{i}].surrogates: unknown model {s!r}")
@@ -142,7 +142,7 @@ class MatrixSpec:
         if not isinstance(attacker_clean, int) or attacker_clean < 0:
             raise MatrixError(f"data.attacker_clean: a sample count >= 0, got {attacker_clean!r}")
         cms = [CountermeasureSpec("none", None)]
-        for i, c in enumerate(spec.get("countermeasures") or []):
+        for i, c in enumerate(_entries(spec.get("countermeasures"), "countermeasures", _COUNTERMEASURE_KEYS)):
             name = c.get("name")
             try:
                 made = COUNTERMEASURES.create(name, **(c.get("config") or {}))
@@ -167,17 +167,18 @@ class MatrixSpec:
                 if s_name not in models:
                     raise MatrixError(f"countermeasures[{i}].fit.surrogates: unknown model {s_name!r}")
             cms.append(CountermeasureSpec(label, name, dict(c.get("config") or {}), fit, tuple(fitted)))
-        victims = tuple(spec.get("victims") or ())
+        victims = tuple(_as_list(spec.get("victims"), "victims", str))
         if not victims:
             raise MatrixError("victims: give at least one model name")
         for v in victims:
             if v not in models:
                 raise MatrixError(f"victims: unknown model {v!r}")
-        metrics = tuple(spec.get("metrics") or ("accuracy", "psnr", "ssim", "linf", "trigger_length"))
+        metrics = tuple(_as_list(spec.get("metrics"), "metrics", str)
+                        or ("accuracy", "psnr", "ssim", "linf", "trigger_length"))
         bad = [m for m in metrics if m not in METRIC_NAMES]
         if bad:
             raise MatrixError(f"metrics: unknown {bad}; known: {list(METRIC_NAMES)}")
-        seeds = tuple(int(s) for s in (spec.get("seeds") or (0,)))
+        seeds = tuple(_as_list(spec.get("seeds"), "seeds", int) or (0,))
         finetune = dict(spec.get("finetune") or {})
         _check_finetune(finetune, data)
         for i, c in enumerate(cms):
@@ -189,6 +190,44 @@ class MatrixSpec:
             raise MatrixError(f"zero_shot: true or false, got {zero_shot!r}")
         return cls(str(spec.get("name", "matrix")), data, models,
                    tuple(defenses), tuple(cms), victims, finetune, metrics, seeds, zero_shot)
+
+
+#: keys of one ``defenses`` / ``countermeasures`` entry
+_DEFENSE_KEYS = frozenset({"label", "name", "config", "surrogates", "weights"})
+_COUNTERMEASURE_KEYS = frozenset({"label", "name", "config", "fit"})
+
+
+def _as_list(value: Any, where: str, kind: type) -> List[Any]:
+    """A spec field that holds a list: ``None`` -> [], a single ``kind`` value -> [value]; every item must be
+    a ``kind`` (bools are not ints); errors name the field and the expected type."""
+    if value is None:
+        return []
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if not isinstance(item, kind) or (kind is int and isinstance(item, bool)):
+            article = "an" if kind is int else "a"
+            raise MatrixError(f"{where}: {article} {kind.__name__} or a list of them, got {value!r}")
+    return items
+
+
+def _entries(value: Any, where: str, keys: frozenset) -> List[Dict[str, Any]]:
+    """``defenses`` / ``countermeasures`` entries as dicts: a bare name stands for ``{name: NAME}``; unknown
+    keys are errors naming the entry (``defenses[0]: unknown keys ['limt']``)."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise MatrixError(f"{where}: a list of entries, got {value!r}")
+    out = []
+    for i, entry in enumerate(value):
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict):
+            raise MatrixError(f"{where}[{i}]: a name or a mapping with keys {sorted(keys)}, got {entry!r}")
+        extra = sorted(set(entry) - keys)
+        if extra:
+            raise MatrixError(f"{where}[{i}]: unknown keys {extra}; valid: {sorted(keys)}")
+        out.append(entry)
+    return out
 
 
 #: ``data`` keys the runner itself reads (never passed to a dataset's config)
