@@ -34,7 +34,11 @@ def main() -> None:
 
     from toolkit import COUNTERMEASURES, DEFENSES, FineTune, load_digits_vqa, load_surrogate
     from toolkit.attacks import train_purifier
-    from toolkit.demo import DEMO_DEFENSES
+    import yaml
+
+    # the digits demo's defenses (the packaged demo now runs on the testbed)
+    digits_demo = yaml.safe_load((Path(__file__).parent / "specs" / "digits_demo.yaml").read_text())
+    DEMO_DEFENSES = [(d["label"], d["name"], dict(d.get("config") or {})) for d in digits_demo["defenses"]]
     from toolkit.metrics import evaluate_answers
     from toolkit.release import package_versions
     from toolkit.surrogates.tiny import build_tiny_llava

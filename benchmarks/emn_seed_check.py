@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/emn_seed_check.py --seeds 1 --out runs/emn-seeds
 
-Same data split, surrogate (tiny LLaVA, init seed 0) and victim (init seed 1) as ``mmguard demo``;
+Same data split, surrogate (tiny LLaVA, init seed 0) and victim (init seed 1) as the digits demo
+(``benchmarks/specs/digits_demo.yaml``, formerly ``mmguard demo``);
 only the EMN seed changes. Prints the victim's clean-test accuracy per (variant, seed).
 """
 from __future__ import annotations
@@ -19,7 +20,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from toolkit import DEFENSES, FineTune, load_digits_vqa, load_surrogate
-    from toolkit.demo import DEMO_DEFENSES
+    import yaml
+
+    # the digits demo's defenses (the packaged demo now runs on the testbed)
+    digits_demo = yaml.safe_load((Path(__file__).parent / "specs" / "digits_demo.yaml").read_text())
+    DEMO_DEFENSES = [(d["label"], d["name"], dict(d.get("config") or {})) for d in digits_demo["defenses"]]
     from toolkit.metrics import evaluate_answers
     from toolkit.surrogates.tiny import build_tiny_llava
 
