@@ -169,6 +169,15 @@ def test_scalars_and_bare_names_where_lists_of_entries_are_expected():
     assert [c.label for c in spec.countermeasures] == ["none", "jpeg"]
 
 
+def test_fractions_in_component_configs_are_numbers():
+    spec = MatrixSpec.from_dict({**_spec(), "defenses": [{"name": "random_noise", "config": {"eps": "8/255"}}],
+                                 "countermeasures": [{"name": "jpeg+trigger_filter",
+                                                      "config": {"jpeg": {"quality": 10}}}]})
+    assert spec.defenses[1].config == {"eps": 8 / 255}
+    with pytest.raises(MatrixError, match="division by zero"):
+        MatrixSpec.from_dict({**_spec(), "defenses": [{"name": "random_noise", "config": {"eps": "8/0"}}]})
+
+
 def test_packaged_demo_spec_and_cli_report(first_run, capsys):
     spec = load_spec("demo")
     assert spec.name == "demo" and spec.victims == ("victim",) and len(spec.defenses) == 7

@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import resource
 import shutil
 import sys
@@ -118,6 +119,7 @@ class MatrixSpec:
                     raise MatrixError(f"models.{key}.zoo: one of {sorted(ZOO)} and no other keys, got {m!r}")
         defenses = [DefenseSpec("clean", None)]
         for i, d in enumerate(_entries(spec.get("defenses"), "defenses", _DEFENSE_KEYS)):
+            d = {**d, "config": _fractions(d.get("config") or {})}
             name = d.get("name")
             if name not in DEFENSES:
                 raise MatrixError(f"defenses[{i}].name: unknown defense {name!r}; known: {DEFENSES.names()}")
@@ -143,6 +145,7 @@ class MatrixSpec:
             raise MatrixError(f"data.attacker_clean: a sample count >= 0, got {attacker_clean!r}")
         cms = [CountermeasureSpec("none", None)]
         for i, c in enumerate(_entries(spec.get("countermeasures"), "countermeasures", _COUNTERMEASURE_KEYS)):
+            c = {**c, "config": _fractions(c.get("config") or {})}
             name = c.get("name")
             try:
                 made = COUNTERMEASURES.create(name, **(c.get("config") or {}))
@@ -208,6 +211,24 @@ def _as_list(value: Any, where: str, kind: type) -> List[Any]:
             article = "an" if kind is int else "a"
             raise MatrixError(f"{where}: {article} {kind.__name__} or a list of them, got {value!r}")
     return items
+
+
+_FRACTION = re.compile(r"\s*\d+(\.\d+)?\s*/\s*\d+(\.\d+)?\s*")
+
+
+def _fractions(config: Any) -> Any:
+    """A component config with every "8/255"-style string (at any depth) read as a number, as the CLI's
+    ``--eps 8/255`` and ``--set k=8/255`` do."""
+    if isinstance(config, dict):
+        return {k: _fractions(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_fractions(v) for v in config]
+    if isinstance(config, str) and _FRACTION.fullmatch(config):
+        num, den = (float(x) for x in config.split("/"))
+        if den == 0:
+            raise MatrixError(f"division by zero in {config!r}")
+        return num / den
+    return config
 
 
 def _entries(value: Any, where: str, keys: frozenset) -> List[Dict[str, Any]]:
