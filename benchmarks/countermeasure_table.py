@@ -34,11 +34,11 @@ def main() -> None:
 
     from toolkit import COUNTERMEASURES, DEFENSES, FineTune, load_digits_vqa, load_surrogate
     from toolkit.attacks import train_purifier
-    import yaml
+    from toolkit.matrix import load_spec
 
     # the digits demo's defenses (the packaged demo now runs on the testbed)
-    digits_demo = yaml.safe_load((Path(__file__).parent / "specs" / "digits_demo.yaml").read_text())
-    DEMO_DEFENSES = [(d["label"], d["name"], dict(d.get("config") or {})) for d in digits_demo["defenses"]]
+    digits_demo = load_spec(Path(__file__).parent / "specs" / "digits_demo.yaml")
+    demo_defenses = [(d.label, d.name, dict(d.config)) for d in digits_demo.defenses if d.name is not None]
     from toolkit.metrics import evaluate_answers
     from toolkit.release import package_versions
     from toolkit.surrogates.tiny import build_tiny_llava
@@ -54,7 +54,7 @@ def main() -> None:
     owner = train.replace_samples([train[i] for i in sorted(order[n_att:])], "owner")
     attacker_clean = train.replace_samples([train[i] for i in sorted(order[:n_att])], "attacker-clean")
 
-    emn_config = dict(next(c for label, n, c in DEMO_DEFENSES if label == "emn (class-wise)"))
+    emn_config = dict(next(c for label, n, c in demo_defenses if label == "emn (class-wise)"))
     defense = DEFENSES.create("emn", seed=args.seed, **emn_config)
     t0 = time.perf_counter()
     protected = defense.protect(owner, [load_surrogate(models["surrogate"])], progress=True).dataset

@@ -20,11 +20,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from toolkit import DEFENSES, FineTune, load_digits_vqa, load_surrogate
-    import yaml
+    from toolkit.matrix import load_spec
 
     # the digits demo's defenses (the packaged demo now runs on the testbed)
-    digits_demo = yaml.safe_load((Path(__file__).parent / "specs" / "digits_demo.yaml").read_text())
-    DEMO_DEFENSES = [(d["label"], d["name"], dict(d.get("config") or {})) for d in digits_demo["defenses"]]
+    digits_demo = load_spec(Path(__file__).parent / "specs" / "digits_demo.yaml")
+    demo_defenses = [(d.label, d.name, dict(d.config)) for d in digits_demo.defenses if d.name is not None]
     from toolkit.metrics import evaluate_answers
     from toolkit.surrogates.tiny import build_tiny_llava
 
@@ -33,7 +33,7 @@ def main() -> None:
     victim_dir = build_tiny_llava(out / "victim", seed=1)
     train, test = load_digits_vqa(image_size=32, seed=0)
     for seed in args.seeds:
-        for label, name, config in DEMO_DEFENSES:
+        for label, name, config in demo_defenses:
             if name != "emn":
                 continue
             protection = DEFENSES.create(name, seed=seed, **config).protect(train, [load_surrogate(surrogate_dir)])
