@@ -18,7 +18,7 @@ from toolkit.datasets.synthetic import ANSWER_SKILL_TYPES, SKILL_TYPES
 from toolkit.datasets.vocab import COL_WORDS, COLOURS, NUMBER_WORDS, ROW_WORDS, SHAPES, WORDS
 from toolkit.digits import load_digits_vqa
 from toolkit.metrics.accuracy import normalize_answer
-from toolkit.matrix import MatrixError, MatrixSpec, _Runner
+from toolkit.matrix import MatrixError, MatrixSpec, Stages
 
 DOWNSTREAM = ("colour", "shape", "count", "position", "exist", "read")
 PRETRAIN = ("caption", "size", "text_colour")
@@ -421,7 +421,7 @@ def _matrix(data, **extra):
 
 def test_matrix_builds_a_registered_dataset(tmp_path):
     spec = MatrixSpec.from_dict(_matrix({"source": "scenes", "n_train": 40, "n_test": 20, "image_size": 32}))
-    runner = _Runner(spec, tmp_path, False, "cpu", "float32")
+    runner = Stages(spec, tmp_path, False, "cpu", "float32")
     train, test, clean = runner.data(0)
     assert (len(train), len(test), clean) == (40, 20, None) and train[0].image.shape == (32, 32, 3)
     assert _same(train, DATASETS.create("scenes", n_train=40, n_test=20, image_size=32, seed=0).build()[0])
@@ -429,7 +429,7 @@ def test_matrix_builds_a_registered_dataset(tmp_path):
     assert [s.question for s in other] != [s.question for s in train]
     pinned = MatrixSpec.from_dict(_matrix({"source": "scenes", "n_train": 40, "n_test": 20, "image_size": 32,
                                            "seed": 9, "attacker_clean": 10}))
-    runner = _Runner(pinned, tmp_path, False, "cpu", "float32")
+    runner = Stages(pinned, tmp_path, False, "cpu", "float32")
     (a, _, ca), (b, _, cb) = runner.data(0), runner.data(1)  # ... unless data.seed pins it
     assert (len(a), len(ca)) == (30, 10) and {s.id for s in a} | {s.id for s in ca} == \
         {s.id for s in DATASETS.create("scenes", n_train=40, n_test=20, image_size=32, seed=9).build()[0]}
@@ -438,7 +438,7 @@ def test_matrix_builds_a_registered_dataset(tmp_path):
 
 def test_matrix_digits_source_is_unchanged(tmp_path):
     spec = MatrixSpec.from_dict(_matrix({"source": "digits", "image_size": 32, "limit": 60}))
-    train, test, _ = _Runner(spec, tmp_path, False, "cpu", "float32").data(2)
+    train, test, _ = Stages(spec, tmp_path, False, "cpu", "float32").data(2)
     ref_train, ref_test = load_digits_vqa(image_size=32, seed=2, limit=60)
     assert _same(train, ref_train) and _same(test, ref_test)
 
@@ -448,7 +448,7 @@ def test_matrix_files_source(tmp_path):
     assert main(["data", "make", "scenes", "--out", str(out), "--n-train", "6", "--n-test", "4"]) == 0
     spec = MatrixSpec.from_dict(_matrix({"source": "files", "train": str(out / "train.json"),
                                          "test": str(out / "test.json")}))
-    train, test, _ = _Runner(spec, tmp_path, False, "cpu", "float32").data(0)
+    train, test, _ = Stages(spec, tmp_path, False, "cpu", "float32").data(0)
     assert (len(train), len(test)) == (6, 4)
 
 
@@ -681,7 +681,7 @@ def test_answer_words_follow_the_config():
 def test_matrix_and_cli_accept_layout_keys(tmp_path):
     spec = MatrixSpec.from_dict(_matrix({"source": "scenes", "grid": 2, "max_objects": 2, "n_train": 40,
                                          "n_test": 20}))
-    train, test, _ = _Runner(spec, tmp_path, False, "cpu", "float32").data(0)
+    train, test, _ = Stages(spec, tmp_path, False, "cpu", "float32").data(0)
     assert (len(train), len(test)) == (40, 20)
     scenes = [s.meta["scene"] for s in train if s.meta["domain"] == "scenes"]
     assert scenes and all(sc["grid"] == 2 and len(sc["objects"]) <= 2 for sc in scenes)

@@ -47,3 +47,18 @@ def test_eps_outside_unit_interval_rejected(name, eps):
 
 def test_eps_one_is_allowed():
     assert DEFENSES.create("random_noise", eps=1.0).config.eps == 1.0
+
+
+def test_unregister_removes_an_entry_and_names_unknown_ones():
+    from toolkit.registry import Registry
+
+    reg = Registry("thing")
+
+    @reg.register("a")
+    class A:
+        pass
+
+    reg.unregister("a")
+    assert "a" not in reg and reg.names() == []
+    with pytest.raises(KeyError, match="unknown thing 'a'"):
+        reg.unregister("a")

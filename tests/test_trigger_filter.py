@@ -63,11 +63,11 @@ def test_ngram_scorer_filter_strips_an_inserted_trigger():
 
 def test_trigger_removal_share_counts_removed_trigger_words():
     from toolkit.data import VQADataset, VQASample
-    from toolkit.matrix import _trigger_removal
+    from toolkit.metrics import trigger_removal
 
     img = np.zeros((4, 4, 3), np.uint8)
     released = VQADataset([VQASample("a", img, "zebra quartz What?", "x", meta={"trigger": {"words": ["zebra", "quartz"]}}),
                            VQASample("b", img, "What?", "x")])
     filtered = released.replace_samples([released[0].with_(question="quartz What?"), released[1]])
-    assert _trigger_removal(released, filtered) == {"trigger_removed": 0.5}
-    assert _trigger_removal(filtered.replace_samples([released[1]]), filtered) == {}
+    assert trigger_removal(released, filtered) == {"trigger_removed": 0.5}
+    assert trigger_removal(filtered.replace_samples([released[1]]), filtered) == {}

@@ -83,6 +83,11 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove the entry ``name`` (``KeyError`` when absent); for plugins and tests that register temporarily."""
+        self.get(name)
+        del self._entries[name]
+
     def names(self) -> List[str]:
         """Sorted registered names."""
         return sorted(self._entries)

@@ -11,10 +11,18 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
+from .metrics import METRICS
+
 __all__ = ["aggregate", "write_reports", "format_markdown", "read_rows"]
 
-_EXTRA = ("psnr", "ssim", "linf", "l2", "trigger_length", "trigger_edit_distance", "protect_seconds",
-          "finetune_seconds", "peak_mib")
+
+
+def _extra_columns() -> Tuple[str, ...]:
+    """Per-cell numbers averaged over seeds besides accuracy: every stealth metric registered in ``METRICS``
+    (read when called, so a plugin's metric gets a column), the fitted countermeasures' reports, the costs."""
+    stealth = tuple(n for n in METRICS.names() if METRICS.get(n).kind != "answers")
+    return (*stealth, "trigger_removed", "trigger_filter_threshold", "detection_auroc", "protect_seconds",
+            "finetune_seconds", "peak_mib")
 
 
 def read_rows(out: Union[str, Path]) -> List[Dict[str, Any]]:
@@ -62,7 +70,7 @@ def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             same = [clean_cm[(victim, cm, r["seed"])] - r["accuracy"] for r in ok
                     if (victim, cm, r["seed"]) in clean_cm]
             rec["drop_same_cm_mean"] = _mean_std(same)[0] if len(same) == len(ok) else None
-            for key in _EXTRA:
+            for key in _extra_columns():
                 vals = [r[key] for r in ok if r.get(key) is not None]
                 rec[key] = sum(vals) / len(vals) if vals else None
         out.append(rec)
@@ -136,7 +144,7 @@ def write_reports(out: Union[str, Path]) -> Dict[str, Path]:
     paths = {"markdown": out / "results.md", "csv": out / "results.csv"}
     paths["markdown"].write_text(format_markdown(records))
     keys = ["victim", "defense", "countermeasure", "threat_model", "accuracy_mean", "accuracy_std", "drop_mean",
-            "drop_same_cm_mean", "seeds", "errors", "error", *_EXTRA]
+            "drop_same_cm_mean", "seeds", "errors", "error", *_extra_columns()]
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()

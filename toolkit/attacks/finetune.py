@@ -22,6 +22,7 @@ from ..engine import TrainState, dataset_pixels, gather, make_generator, train_s
 from ..registry import Config, check_choice, check_range, make_config
 from ..surrogates.base import Surrogate
 from ..surrogates.hf_lvlm import LoraSettings
+from .base import TrainingCountermeasure
 
 __all__ = ["FineTune", "FineTuneResult", "learning_rate_schedule"]
 
@@ -116,7 +117,7 @@ class FineTune:
         every batch (adversarial training, heavy augmentation).
         """
         cfg = self.config
-        if countermeasure is not None and not getattr(countermeasure, "training_side", False):
+        if countermeasure is not None and not isinstance(countermeasure, TrainingCountermeasure):
             raise TypeError(f"{countermeasure!r} is a data-side countermeasure: apply it to the dataset instead")
         victim.require("trainable", who="FineTune")
         train.require_nonempty()

@@ -11,11 +11,12 @@ The defense arrives as an object (attacks never import defenses).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
 
 from ..data import VQADataset, VQASample
 from ..engine import dataset_pixels, gather, make_generator, shape_batches
@@ -66,6 +67,7 @@ class LightShed(Transform):
     """
 
     needs_fit = True
+    fit_keys = frozenset({"defense", "surrogates", "runs"})
 
     @dataclass(frozen=True, kw_only=True)
     class Config(Config):
@@ -89,6 +91,44 @@ class LightShed(Transform):
         super().__init__(**config)
         self.estimator: Optional[PerturbationEstimator] = None
         self.history: list = []
+
+    @classmethod
+    def check_fit(cls, fit, models, defenses) -> None:
+        """``fit.defense``: ``same`` (default) or a defense label; ``fit.surrogates``: model names (default the
+        imitated defense's own); ``fit.runs``: protections of the clean data per fit (default 1)."""
+        if fit.get("defense", "same") not in ("same", *defenses):
+            raise ValueError(f"defense: 'same' or a defense label, got {fit['defense']!r}")
+        for name in fit.get("surrogates") or ():
+            if name not in models:
+                raise ValueError(f"surrogates: unknown model {name!r}")
+        runs = fit.get("runs", 1)
+        if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
+            raise ValueError(f"runs: an integer >= 1, got {runs!r}")
+
+    def fit_identity(self, ctx) -> Dict[str, Any]:
+        imitated = ctx.imitated_defense()
+        names = ctx.fit.get("surrogates") or imitated.surrogates
+        return {"defense": [imitated.name, imitated.config, imitated.weights],
+                "surrogates": [ctx.model_identity(n) for n in names]}
+
+    def fit_from(self, ctx) -> Dict[str, Any]:
+        """The attacker re-runs the imitated defense (``fit.defense``) with seed + 1000 on its clean images,
+        with ``fit.surrogates`` (default the defense's own), ``fit.runs`` times, and trains the estimator;
+        reports the detector's AUROC on the owner's released vs original training images."""
+        imitated = ctx.imitated_defense()
+        if imitated.name is None:
+            raise ValueError("lightshed: the clean row has no defense to imitate; name a defense row with "
+                             "fit.defense")
+        defense = ctx.make_defense(imitated, ctx.seed + 1000)
+        models = [ctx.load_model(n) for n in (ctx.fit.get("surrogates") or imitated.surrogates)]
+        if imitated.weights is not None and not ctx.fit.get("surrogates"):
+            models = [ctx.ensemble(models, imitated.weights)]
+        self.fit(defense, ctx.clean_data(), models, runs=int(ctx.fit.get("runs", 1)))
+        if ctx.released is None or ctx.owner_train is None:
+            return {}
+        released, owner = list(ctx.released), list(ctx.owner_train)
+        scores = list(self.score(released)) + list(self.score(owner))
+        return {"detection_auroc": float(roc_auc_score([1] * len(released) + [0] * len(owner), scores))}
 
     def fit(self, defense, clean: VQADataset, surrogates: Sequence = (), runs: int = 1) -> "LightShed":
         """Protect the attacker's ``clean`` images with the public ``defense`` and train the estimator.

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -35,6 +35,11 @@ class MixClean(Transform):
     def __init__(self, **config) -> None:
         super().__init__(**config)
         self.clean: Optional[VQADataset] = None
+
+    def fit_from(self, ctx) -> Dict[str, Any]:
+        """Fit on the attacker's clean data of a :class:`~toolkit.attacks.fitting.FitContext`."""
+        self.fit(ctx.clean_data())
+        return {}
 
     def fit(self, clean: VQADataset) -> "MixClean":
         """Give the attacker's clean samples (must be disjoint from the test split)."""

@@ -7,43 +7,14 @@ are not applied to a dataset: calling one on a dataset raises.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Sequence
 
 import torch
 
-from ..data import VQASample
 from ..engine import pgd, project
-from ..registry import Config, check_range, make_config
-from .base import COUNTERMEASURES
+from ..registry import Config, check_range
+from .base import COUNTERMEASURES, TrainingCountermeasure
 
-__all__ = ["TrainingCountermeasure", "AdversarialTraining", "HeavyAugmentation"]
-
-
-class TrainingCountermeasure:
-    """Base of training-side countermeasures: ``batch(victim, pixels, samples, generator) -> pixels``.
-
-    ``pixels`` is a float (B, 3, H, W) batch in [0, 1]; the returned batch is
-    what the training step uses. Called with the victim in training mode; an
-    implementation that needs input gradients freezes the parameters itself.
-    """
-
-    Config: ClassVar[type] = Config
-    name: ClassVar[str]
-    training_side: ClassVar[bool] = True
-
-    def __init__(self, **config: Any) -> None:
-        self.config = make_config(self.Config, f"countermeasure {self.name!r}", config)
-        self.stats: Dict[str, float] = {}
-
-    def batch(self, victim, pixels: torch.Tensor, samples: Sequence[VQASample],
-              generator: torch.Generator) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def __call__(self, dataset):
-        raise TypeError(f"{self.name} is a training-side countermeasure: pass it to FineTune(countermeasure=...)")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config})"
+__all__ = ["AdversarialTraining", "HeavyAugmentation"]
 
 
 @COUNTERMEASURES.register("adversarial_training")

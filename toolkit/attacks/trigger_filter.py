@@ -11,13 +11,14 @@ language model can serve (:meth:`HFVisionLanguageSurrogate.text_nll`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from ..data import VQADataset
 from ..registry import Config, check_range
 from .base import COUNTERMEASURES, Transform
+from .ngram import NgramLM
 
 __all__ = ["TriggerFilter"]
 
@@ -31,6 +32,7 @@ class TriggerFilter(Transform):
     """
 
     needs_fit = True
+    fit_keys = frozenset({"scorer"})
 
     @dataclass(frozen=True, kw_only=True)
     class Config(Config):
@@ -56,6 +58,25 @@ class TriggerFilter(Transform):
         variants = [question] + [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))]
         nll = self.scorer.text_nll(variants).numpy()
         return (nll[0] - nll[1:]).tolist()
+
+    @classmethod
+    def check_fit(cls, fit, models, defenses) -> None:
+        """``fit.scorer``: ``ngram`` (default; an :class:`NgramLM` on the attacker's clean questions) or a model name."""
+        scorer = fit.get("scorer", "ngram")
+        if scorer != "ngram" and scorer not in models:
+            raise ValueError(f"scorer: 'ngram' or a model name, got {scorer!r}")
+
+    def fit_identity(self, ctx) -> Dict[str, Any]:
+        scorer = ctx.fit.get("scorer", "ngram")
+        return {} if scorer == "ngram" else {"scorer": ctx.model_identity(scorer)}
+
+    def fit_from(self, ctx) -> Dict[str, Any]:
+        """Fit the scorer (``fit.scorer``: an n-gram LM on the attacker's clean questions, or that model's own
+        language model) and the threshold on the attacker's clean questions."""
+        questions = [s.question for s in ctx.clean_data()]
+        name = ctx.fit.get("scorer", "ngram")
+        self.fit(NgramLM().fit(questions) if name == "ngram" else ctx.load_model(name), questions)
+        return {"trigger_filter_threshold": self.fitted_threshold}
 
     def fit(self, scorer, clean_questions: Sequence[str]) -> "TriggerFilter":
         """Set the LM scorer and fit the threshold on the attacker's clean questions."""

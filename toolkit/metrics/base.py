@@ -6,22 +6,30 @@ from typing import Any, ClassVar
 
 from ..registry import Registry
 
-__all__ = ["Metric", "METRICS"]
+__all__ = ["Metric", "METRICS", "DEFAULT_METRICS"]
 
 METRICS: Registry = Registry("metric")
+#: what a matrix spec measures when it lists no ``metrics``
+DEFAULT_METRICS = ("accuracy", "psnr", "ssim", "linf", "trigger_length")
 
 
 class Metric(ABC):
-    """A scalar measurement.
+    """A scalar measurement, registered in ``METRICS`` under the column name it fills in result rows.
 
-    ``kind`` says what it compares: ``"answers"`` metrics take (predictions,
-    reference samples); ``"images"`` metrics take (clean samples, protected
-    samples) and average over pairs. ``higher_is_better`` orients reports.
+    ``kind`` says what it consumes: ``"answers"`` metrics take (predictions,
+    reference samples) and are computed after fine-tuning; ``"images"`` and
+    ``"text"`` metrics take (clean samples, released samples), aligned by id,
+    and are computed once per protection (stealth). ``higher_is_better``
+    orients reports. A matrix spec's ``metrics:`` names any of them.
     """
 
     kind: ClassVar[str] = "answers"
     higher_is_better: ClassVar[bool] = True
     name: ClassVar[str]
+
+    def applies(self, clean: Any, released: Any) -> bool:
+        """Whether the metric means anything for this pair of sets (the row gets None otherwise)."""
+        return True
 
     @abstractmethod
     def __call__(self, a: Any, b: Any) -> float:

@@ -31,6 +31,10 @@ def paired_images(clean: Sequence[VQASample], protected: Sequence[VQASample]):
 class _ImageMetric(Metric):
     kind = "images"
 
+    def applies(self, clean: Sequence[VQASample], released: Sequence[VQASample]) -> bool:
+        """Only when some image changed (a text-only protection gets None, not a perfect score)."""
+        return any(not np.array_equal(a.image, b.image) for a, b in zip(clean, released))
+
     def pair(self, a: np.ndarray, b: np.ndarray) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -1,0 +1,135 @@
+"""The cell loop: every (seed, defense, countermeasure, victim) of a spec through the cached stages."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from tqdm.auto import tqdm
+
+from ..metrics import METRICS
+from ..release import package_versions, read_release
+from ..reports import write_reports
+from .cache import content_hash
+from .models import threat_model
+from .spec import ZERO_SHOT, MatrixSpec, load_spec
+from .stages import Stages
+
+__all__ = ["run_matrix", "stealth_metrics"]
+
+log = logging.getLogger(__name__)
+
+
+def stealth_metrics(train, released, names: Sequence[str]) -> Dict[str, Any]:
+    """The spec's metrics that compare the owner's clean training set with its release (``METRICS`` entries of
+    kind ``images`` / ``text``); a metric that does not apply (image metrics of a text-only release) is None."""
+    out: Dict[str, Any] = {}
+    for name in names:
+        metric = METRICS.create(name)
+        if metric.kind in ("images", "text"):
+            out[name] = metric(train, released) if metric.applies(train, released) else None
+    return out
+
+
+def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: Union[str, os.PathLike], *,
+               progress: bool = True, device: str = "cpu", dtype: str = "float32",
+               cache: Optional[Union[str, os.PathLike]] = None) -> List[Dict[str, Any]]:
+    """Run (or resume) a matrix into ``out``; returns the rows (also in ``out/rows.jsonl``) and renders reports.
+
+    ``cache`` (default ``out/cache``) may be shared between specs: keys are content hashes, so a
+    second spec with the same protections, data and seeds reuses them.
+    """
+    if not isinstance(spec, MatrixSpec):
+        spec = MatrixSpec.from_dict(spec) if isinstance(spec, dict) else load_spec(spec)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = Stages(spec, out, progress, device, dtype, Path(cache) if cache is not None else None)
+    models = stages.models
+    versions = package_versions()
+    rows: List[Dict[str, Any]] = []
+    total = len(spec.seeds) * len(spec.defenses) * len(spec.countermeasures) * len(spec.victims)
+    bar = tqdm(total=total, desc=f"matrix {spec.name}", disable=not progress)
+    for seed in spec.seeds:
+        train, test, attacker_clean = stages.data(seed)
+        for v in spec.victims:
+            models.folder(v)
+            if spec.zero_shot:  # the victim before any fine-tuning: what the attacker starts from
+                row = {"matrix": spec.name, "seed": seed, "defense": ZERO_SHOT, "defense_name": None,
+                       "surrogates": [], "versions": versions, "countermeasure": "none", "victim": v,
+                       "threat_model": "-"}
+                try:
+                    result = stages.zero_shot(v, test, seed, attacker_clean)
+                    row.update({"accuracy": result["accuracy"], "eval_seconds": result["eval_seconds"],
+                                "peak_mib": result["peak_mib"], "error": None})
+                except Exception as exc:
+                    log.warning("zero-shot %s failed: %s", v, exc)
+                    row.update({"stage": "zero_shot", "error": f"{type(exc).__name__}: {exc}"})
+                rows.append(row)
+        identities = {m: models.identity(m) for m in spec.models}
+        for dspec in spec.defenses:
+            for s in dspec.surrogates:
+                models.folder(s)
+            base = {"matrix": spec.name, "seed": seed, "defense": dspec.label, "defense_name": dspec.name,
+                    "surrogates": list(dspec.surrogates), "versions": versions}
+            try:
+                if dspec.name is None:
+                    pkey, pmeta, released = content_hash("clean", spec.data, seed), {"seconds": 0.0}, train
+                else:
+                    pkey, pmeta = stages.protect(dspec, train, seed)
+                    released = read_release(stages.cache.path("protect", pkey) / "release")
+                stealth = stealth_metrics(train, released, spec.metrics)
+            except Exception as exc:  # an error row per cell of this defense; the matrix goes on
+                log.warning("protect %s failed: %s", dspec.label, exc)
+                for cm in spec.countermeasures:
+                    for v in spec.victims:
+                        rows.append({**base, "countermeasure": cm.label, "victim": v, "stage": "protect",
+                                     "error": f"{type(exc).__name__}: {exc}",
+                                     "threat_model": threat_model(v, dspec.surrogates, models.families, identities)})
+                        bar.update(1)
+                continue
+            for cm in spec.countermeasures:
+                for v in spec.victims:
+                    row = {**base, "countermeasure": cm.label, "victim": v,
+                           "threat_model": threat_model(v, dspec.surrogates, models.families, identities),
+                           "config_hash": content_hash(dspec.name, dspec.config, dspec.surrogates, cm.name,
+                                                       cm.config, v, spec.finetune),
+                           "protect_seconds": pmeta.get("seconds", 0.0), **stealth}
+                    stage = "transform"
+                    try:
+                        training_cm = None
+                        if cm.name is None:
+                            tkey, training_set = pkey, released
+                        else:
+                            tkey, tmeta = stages.transform(pkey, released, cm, seed, dspec, train, attacker_clean)
+                            row.update({k: v_ for k, v_ in tmeta.items()
+                                        if k not in ("seconds", "training_side", "unchanged")})
+                            if tmeta["training_side"]:
+                                training_set, training_cm = released, cm
+                            elif tmeta.get("unchanged"):
+                                tkey, training_set = pkey, released
+                            else:
+                                training_set = read_release(stages.cache.path("transform", tkey) / "release")
+                            row["transform_seconds"] = tmeta.get("seconds", 0.0)
+                        stage = "finetune"
+                        result = stages.finetune(tkey, training_set, v, training_cm, test, seed, attacker_clean)
+                        row.update({"accuracy": result["accuracy"], "finetune_seconds": result["finetune_seconds"],
+                                    "eval_seconds": result["eval_seconds"], "peak_mib": result["peak_mib"],
+                                    "error": None})
+                    except Exception as exc:
+                        log.warning("cell %s / %s / %s failed at %s: %s", dspec.label, cm.label, v, stage, exc)
+                        row.update({"stage": stage, "error": f"{type(exc).__name__}: {exc}"})
+                    rows.append(row)
+                    bar.update(1)
+    bar.close()
+    tmp = out / "rows.jsonl.tmp"
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, default=str) + "\n")
+    os.replace(tmp, out / "rows.jsonl")
+    (out / "spec.json").write_text(json.dumps(spec, default=lambda o: o.__dict__, indent=2))
+    write_reports(out)
+    log.info("matrix %s: stages computed this run: %s", spec.name, stages.counters)
+    (out / "last_run.json").write_text(json.dumps({"computed": dict(stages.counters)}))
+    return rows

@@ -1,0 +1,301 @@
+"""Matrix specs: the validated description of a defense x countermeasure x victim experiment.
+
+A :class:`MatrixSpec` (YAML or a Python dict) names the data, the models, the
+defenses (each with its surrogates), the countermeasures (chains allowed), the
+victims, the fine-tuning recipe and the seeds; :func:`load_spec` reads one.
+Validation happens here, before any work: every error names the field.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources as ilr
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import yaml
+
+from ..attacks import COUNTERMEASURES
+from ..attacks.finetune import FineTune
+from ..datasets import DATASETS
+from ..defenses import DEFENSES
+from ..digits import TASKS
+from ..metrics import DEFAULT_METRICS, METRICS
+from ..zoo import ZOO
+
+__all__ = ["ZERO_SHOT", "MatrixSpec", "DefenseSpec", "CountermeasureSpec", "MatrixError", "load_spec", "data_source",
+           "dataset_config", "RUNNER_DATA_KEYS"]
+
+_TOP_KEYS = {"name", "data", "models", "defenses", "countermeasures", "victims", "finetune", "metrics", "seeds",
+             "zero_shot"}
+#: defense label of the rows that score each victim before fine-tuning (spec key ``zero_shot: true``)
+ZERO_SHOT = "zero-shot"
+
+class MatrixError(ValueError):
+    """An invalid matrix spec (the message names the field)."""
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    """One defense row: registry ``name``, ``config``, surrogate model names, ensemble ``weights``."""
+
+    label: str
+    name: Optional[str]
+    config: Dict[str, Any] = field(default_factory=dict)
+    surrogates: Tuple[str, ...] = ()
+    weights: Optional[Tuple[float, ...]] = None
+
+
+@dataclass(frozen=True)
+class CountermeasureSpec:
+    """One countermeasure column: registry ``name`` (``a+b`` chains allowed) and ``config``."""
+
+    label: str
+    name: Optional[str]
+    config: Dict[str, Any] = field(default_factory=dict)
+    fit: Dict[str, Any] = field(default_factory=dict)
+    fitted: Tuple[str, ...] = ()  # member names that must be fitted (derived from the countermeasure classes)
+
+
+
+@dataclass(frozen=True)
+class MatrixSpec:
+    """A whole matrix (see the module docstring); build with :meth:`from_dict` / :func:`load_spec`."""
+
+    name: str
+    data: Dict[str, Any]
+    models: Dict[str, Dict[str, Any]]
+    defenses: Tuple[DefenseSpec, ...]
+    countermeasures: Tuple[CountermeasureSpec, ...]
+    victims: Tuple[str, ...]
+    finetune: Dict[str, Any]
+    metrics: Tuple[str, ...]
+    seeds: Tuple[int, ...]
+    zero_shot: bool = False
+
+    @classmethod
+    def from_dict(cls, spec: Dict[str, Any]) -> "MatrixSpec":
+        """Validate a plain dict (as read from YAML) into a spec; errors name the field."""
+        if not isinstance(spec, dict):
+            raise MatrixError("a matrix spec must be a mapping")
+        unknown = set(spec) - _TOP_KEYS
+        if unknown:
+            raise MatrixError(f"unknown spec keys {sorted(unknown)}; valid: {sorted(_TOP_KEYS)}")
+        models = dict(spec.get("models") or {})
+        for key, m in models.items():
+            if not isinstance(m, dict) or sum(k in m for k in ("tiny", "path", "zoo")) != 1:
+                raise MatrixError(f"models.{key}: give exactly one of 'tiny: FAMILY', 'zoo: NAME' or 'path: FOLDER'")
+            if "zoo" in m:
+                if m["zoo"] not in ZOO or set(m) != {"zoo"}:
+                    raise MatrixError(f"models.{key}.zoo: one of {sorted(ZOO)} and no other keys, got {m!r}")
+        defenses = [DefenseSpec("clean", None)]
+        for i, d in enumerate(_entries(spec.get("defenses"), "defenses", _DEFENSE_KEYS)):
+            d = {**d, "config": _fractions(d.get("config") or {})}
+            name = d.get("name")
+            if name not in DEFENSES:
+                raise MatrixError(f"defenses[{i}].name: unknown defense {name!r}; known: {DEFENSES.names()}")
+            DEFENSES.create(name, **(d.get("config") or {}))  # validates the config now
+            surrogates = tuple(_as_list(d.get("surrogates"), f"defenses[{i}].surrogates", str))
+            for s in surrogates:
+                if s not in models:
+                    raise MatrixError(f"defenses[{i}].surrogates: unknown model {s!r}")
+            if DEFENSES.get(name).needs_surrogate and not surrogates:
+                raise MatrixError(f"defenses[{i}] ({name}) needs at least one surrogate")
+            weights = tuple(float(w) for w in d["weights"]) if d.get("weights") is not None else None
+            label = d.get("label") or name
+            if label in ("clean", ZERO_SHOT):
+                raise MatrixError(f"the label {label!r} is reserved for the no-defense and zero-shot controls")
+            defenses.append(DefenseSpec(label, name, dict(d.get("config") or {}), surrogates, weights))
+        labels = [d.label for d in defenses]
+        if len(set(labels)) != len(labels):
+            raise MatrixError(f"defense labels must be unique, got {labels}")
+        data = dict(spec.get("data") or {"source": "digits"})
+        _check_data(data)
+        attacker_clean = data.get("attacker_clean", 0)
+        if not isinstance(attacker_clean, int) or attacker_clean < 0:
+            raise MatrixError(f"data.attacker_clean: a sample count >= 0, got {attacker_clean!r}")
+        cms = [CountermeasureSpec("none", None)]
+        for i, c in enumerate(_entries(spec.get("countermeasures"), "countermeasures", _COUNTERMEASURE_KEYS)):
+            c = {**c, "config": _fractions(c.get("config") or {})}
+            name = c.get("name")
+            try:
+                made = COUNTERMEASURES.create(name, **(c.get("config") or {}))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise MatrixError(f"countermeasures[{i}]: {exc}") from None
+            label = c.get("label") or name
+            if label == "none":
+                raise MatrixError("the label 'none' is reserved for the no-countermeasure control")
+            fit = dict(c.get("fit") or {})
+            fitted_members = [m for m in made.members() if m.needs_fit]
+            fitted = [m.name for m in fitted_members]
+            if fitted and not attacker_clean:
+                raise MatrixError(f"countermeasures[{i}] ({label}): {fitted} must be fitted on the attacker's own "
+                                  "clean data; set data.attacker_clean to a sample count")
+            known = set().union(*(m.fit_keys for m in fitted_members)) if fitted else set()
+            if set(fit) - known:
+                raise MatrixError(f"countermeasures[{i}].fit: unknown keys {sorted(set(fit) - known)}; "
+                                  f"valid here: {sorted(known)}")
+            for member in fitted_members:
+                try:
+                    member.check_fit(fit, set(models), labels)
+                except ValueError as exc:
+                    raise MatrixError(f"countermeasures[{i}].fit.{exc}") from None
+            cms.append(CountermeasureSpec(label, name, dict(c.get("config") or {}), fit, tuple(fitted)))
+        victims = tuple(_as_list(spec.get("victims"), "victims", str))
+        if not victims:
+            raise MatrixError("victims: give at least one model name")
+        for v in victims:
+            if v not in models:
+                raise MatrixError(f"victims: unknown model {v!r}")
+        metrics = tuple(_as_list(spec.get("metrics"), "metrics", str)
+                        or DEFAULT_METRICS)
+        bad = [m for m in metrics if m not in METRICS]
+        if bad:
+            raise MatrixError(f"metrics: unknown {bad}; known: {METRICS.names()}")
+        seeds = tuple(_as_list(spec.get("seeds"), "seeds", int) or (0,))
+        finetune = dict(spec.get("finetune") or {})
+        _check_finetune(finetune, data)
+        zero_shot = spec.get("zero_shot", False)
+        if not isinstance(zero_shot, bool):
+            raise MatrixError(f"zero_shot: true or false, got {zero_shot!r}")
+        return cls(str(spec.get("name", "matrix")), data, models,
+                   tuple(defenses), tuple(cms), victims, finetune, metrics, seeds, zero_shot)
+
+
+#: keys of one ``defenses`` / ``countermeasures`` entry
+_DEFENSE_KEYS = frozenset({"label", "name", "config", "surrogates", "weights"})
+_COUNTERMEASURE_KEYS = frozenset({"label", "name", "config", "fit"})
+
+
+def _as_list(value: Any, where: str, kind: type) -> List[Any]:
+    """A spec field that holds a list: ``None`` -> [], a single ``kind`` value -> [value]; every item must be
+    a ``kind`` (bools are not ints); errors name the field and the expected type."""
+    if value is None:
+        return []
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if not isinstance(item, kind) or (kind is int and isinstance(item, bool)):
+            article = "an" if kind is int else "a"
+            raise MatrixError(f"{where}: {article} {kind.__name__} or a list of them, got {value!r}")
+    return items
+
+
+_FRACTION = re.compile(r"\s*\d+(\.\d+)?\s*/\s*\d+(\.\d+)?\s*")
+
+
+def _fractions(config: Any) -> Any:
+    """A component config with every "8/255"-style string (at any depth) read as a number, as the CLI's
+    ``--eps 8/255`` and ``--set k=8/255`` do."""
+    if isinstance(config, dict):
+        return {k: _fractions(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_fractions(v) for v in config]
+    if isinstance(config, str) and _FRACTION.fullmatch(config):
+        num, den = (float(x) for x in config.split("/"))
+        if den == 0:
+            raise MatrixError(f"division by zero in {config!r}")
+        return num / den
+    return config
+
+
+def _entries(value: Any, where: str, keys: frozenset) -> List[Dict[str, Any]]:
+    """``defenses`` / ``countermeasures`` entries as dicts: a bare name stands for ``{name: NAME}``; unknown
+    keys are errors naming the entry (``defenses[0]: unknown keys ['limt']``)."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise MatrixError(f"{where}: a list of entries, got {value!r}")
+    out = []
+    for i, entry in enumerate(value):
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict):
+            raise MatrixError(f"{where}[{i}]: a name or a mapping with keys {sorted(keys)}, got {entry!r}")
+        extra = sorted(set(entry) - keys)
+        if extra:
+            raise MatrixError(f"{where}[{i}]: unknown keys {extra}; valid: {sorted(keys)}")
+        out.append(entry)
+    return out
+
+
+#: ``data`` keys the runner itself reads (never passed to a dataset's config)
+RUNNER_DATA_KEYS = ("source", "attacker_clean")
+
+
+def data_source(data: Dict[str, Any]) -> str:
+    """``data.source``: a registered dataset name or ``files``; default ``files`` when ``train``/``test`` are
+    given, else ``digits``."""
+    if "source" in data:
+        return data["source"]
+    return "files" if "train" in data or "test" in data else "digits"
+
+
+def dataset_config(data: Dict[str, Any], seed: int) -> Dict[str, Any]:
+    """The registered dataset's config: the ``data`` keys the runner does not read; ``seed`` defaults to
+    the matrix seed."""
+    config = {k: v for k, v in data.items() if k not in RUNNER_DATA_KEYS}
+    config.setdefault("seed", seed)
+    return config
+
+
+def _check_data(data: Dict[str, Any]) -> None:
+    """Validate ``data``: a registered ``source`` with a valid config, or ``files`` with ``train``/``test``."""
+    source = data_source(data)
+    if source == "files":
+        for key in ("train", "test"):
+            if not isinstance(data.get(key), str) or not data[key]:
+                raise MatrixError(f"data.{key}: the {key} split's file (.json / .jsonl) for source files, "
+                                  f"got {data.get(key)!r}")
+        extra = sorted(set(data) - {"train", "test", *RUNNER_DATA_KEYS})
+        if extra:
+            raise MatrixError(f"data: unknown keys {extra} for source files; valid: attacker_clean, source, "
+                              "test, train")
+        return
+    if not isinstance(source, str) or source not in DATASETS:
+        raise MatrixError(f"data.source: unknown dataset {source!r}; known: files, {', '.join(DATASETS.names())}")
+    try:
+        DATASETS.create(source, **dataset_config(data, 0))
+    except TypeError as exc:
+        raise MatrixError(f"data: {exc}") from None
+    except ValueError as exc:
+        raise MatrixError(f"data.{exc}") from None
+
+
+def _check_finetune(finetune: Dict[str, Any], data: Dict[str, Any]) -> None:
+    """Validate the recipe (``FineTune`` fields) and its optional ``pretrain`` stage before any work."""
+    pre = finetune.get("pretrain")
+    try:
+        FineTune(**{k: v for k, v in finetune.items() if k != "pretrain"})
+    except (TypeError, ValueError) as exc:
+        raise MatrixError(f"finetune: {exc}") from None
+    if pre is None:
+        return
+    if not isinstance(pre, dict) or ("task" in pre) == ("data" in pre):
+        raise MatrixError("finetune.pretrain: give exactly one of 'task: NAME' (digits) or 'data: FILE'")
+    if "task" in pre:
+        if data_source(data) != "digits" or pre["task"] not in TASKS:
+            raise MatrixError(f"finetune.pretrain.task: one of {sorted(TASKS)} on the digits source, "
+                              f"got {pre['task']!r}")
+        if not data.get("attacker_clean"):
+            raise MatrixError("finetune.pretrain.task: pretraining uses the attacker's own clean images; "
+                              "set data.attacker_clean")
+    try:
+        FineTune(**{k: v for k, v in pre.items() if k not in ("task", "data")})
+    except (TypeError, ValueError) as exc:
+        raise MatrixError(f"finetune.pretrain: {exc}") from None
+
+
+def load_spec(path_or_name: Union[str, os.PathLike]) -> MatrixSpec:
+    """Read a YAML spec file, or a spec shipped in the package by name (``"demo"``)."""
+    path = Path(path_or_name)
+    if path.is_file():
+        text = path.read_text()
+    else:
+        packaged = ilr.files("toolkit.specs").joinpath(f"{path_or_name}.yaml")
+        if not packaged.is_file():
+            raise FileNotFoundError(f"no spec file {path} and no packaged spec {str(path_or_name)!r}")
+        text = packaged.read_text()
+    return MatrixSpec.from_dict(yaml.safe_load(text))
+
+
