@@ -58,6 +58,7 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     from .release import check_release_target, write_release
     from .surrogates import load_surrogate
 
+    _import_plugins(args.plugin)
     config = parse_config(args.set)
     if args.eps is not None:
         config["eps"] = args.eps
@@ -78,9 +79,19 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_plugins(modules) -> None:
+    """Import each ``--plugin`` module (a module name or a .py file) so its components are registered."""
+    from .registry import import_plugin
+
+    for module in modules or ():
+        import_plugin(module)
+
+
 def _cmd_matrix(args: argparse.Namespace) -> int:
     from .matrix import run_matrix
     from .reports import format_markdown, aggregate
+
+    _import_plugins(args.plugin)
 
     rows = run_matrix(args.spec, args.out, progress=not args.quiet, device=args.device, dtype=args.dtype,
                       cache=args.cache)
@@ -250,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--dtype", default="float32")
     protect.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     protect.add_argument("--quiet", action="store_true")
+    protect.add_argument("--plugin", action="append", metavar="MODULE",
+                         help="import MODULE (a module name or a .py file) first, e.g. for a defense of your own")
     protect.set_defaults(func=_cmd_protect)
 
     matrix = sub.add_parser("matrix", help="run (or resume) a defense x countermeasure x victim matrix")
@@ -260,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--device", default="cpu")
     matrix.add_argument("--dtype", default="float32")
     matrix.add_argument("--quiet", action="store_true")
+    matrix.add_argument("--plugin", action="append", metavar="MODULE",
+                        help="import MODULE (a module name or a .py file) first, so the defenses, countermeasures "
+                             "and metrics it registers can be used in the spec (repeatable)")
     matrix.set_defaults(func=_cmd_matrix)
 
     report = sub.add_parser("report", help="re-render tables and heatmaps from a matrix run folder")

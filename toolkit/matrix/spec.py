@@ -22,13 +22,14 @@ from ..datasets import DATASETS
 from ..defenses import DEFENSES
 from ..digits import TASKS
 from ..metrics import DEFAULT_METRICS, METRICS
+from ..registry import import_plugin
 from ..zoo import ZOO
 
 __all__ = ["ZERO_SHOT", "MatrixSpec", "DefenseSpec", "CountermeasureSpec", "MatrixError", "load_spec", "data_source",
            "dataset_config", "RUNNER_DATA_KEYS"]
 
 _TOP_KEYS = {"name", "data", "models", "defenses", "countermeasures", "victims", "finetune", "metrics", "seeds",
-             "zero_shot"}
+             "zero_shot", "plugins"}
 #: defense label of the rows that score each victim before fine-tuning (spec key ``zero_shot: true``)
 ZERO_SHOT = "zero-shot"
 
@@ -73,6 +74,7 @@ class MatrixSpec:
     metrics: Tuple[str, ...]
     seeds: Tuple[int, ...]
     zero_shot: bool = False
+    plugins: Tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, spec: Dict[str, Any]) -> "MatrixSpec":
@@ -82,6 +84,12 @@ class MatrixSpec:
         unknown = set(spec) - _TOP_KEYS
         if unknown:
             raise MatrixError(f"unknown spec keys {sorted(unknown)}; valid: {sorted(_TOP_KEYS)}")
+        plugins = tuple(_as_list(spec.get("plugins"), "plugins", str))
+        for module in plugins:  # before anything is looked up: they register components
+            try:
+                import_plugin(module)
+            except ImportError as exc:
+                raise MatrixError(f"plugins: cannot import {module!r}: {exc}") from None
         models = dict(spec.get("models") or {})
         for key, m in models.items():
             if not isinstance(m, dict) or sum(k in m for k in ("tiny", "path", "zoo")) != 1:
@@ -160,7 +168,7 @@ class MatrixSpec:
         if not isinstance(zero_shot, bool):
             raise MatrixError(f"zero_shot: true or false, got {zero_shot!r}")
         return cls(str(spec.get("name", "matrix")), data, models,
-                   tuple(defenses), tuple(cms), victims, finetune, metrics, seeds, zero_shot)
+                   tuple(defenses), tuple(cms), victims, finetune, metrics, seeds, zero_shot, plugins)
 
 
 #: keys of one ``defenses`` / ``countermeasures`` entry
