@@ -181,3 +181,29 @@ def test_answer_and_bfloat16(model, family_dir, digits_small):
         loss = bf.loss(x, samples)
         (g,) = torch.autograd.grad(loss.sum(), x)
     assert torch.isfinite(loss).all() and torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_declared_capabilities_keep_their_protocols(model):
+    from toolkit.surrogates.capabilities import missing_members
+
+    assert {cap: missing_members(model, cap) for cap in model.capabilities} == \
+        {cap: () for cap in model.capabilities}
+
+
+def test_every_registered_class_implements_what_its_capabilities_promise():
+    """Class-level check of every registered family (methods; instance attributes are checked above)."""
+    from toolkit.surrogates import SURROGATES
+    from toolkit.surrogates.capabilities import missing_members
+
+    SURROGATES.names()
+    gaps = {(name, cap): [m for m in missing_members(SURROGATES.get(name), cap) if m != "tokenizer"]
+            for name in SURROGATES.names() for cap in SURROGATES.get(name).capabilities}
+    assert {k: v for k, v in gaps.items() if v} == {}
+
+    class Half:  # the control: a class that declares lora but cannot detach
+        capabilities = frozenset({"lora"})
+
+        def attach_lora(self, settings=None):
+            pass
+
+    assert missing_members(Half, "lora") == ("detach_lora",)

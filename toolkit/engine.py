@@ -145,7 +145,7 @@ class Adaptation:
 
     def start(self) -> None:
         if self.mode == "lora":
-            from .surrogates.hf_lvlm import LoraSettings
+            from .surrogates.base import LoraSettings
 
             self.surrogate.attach_lora(self.lora or LoraSettings())
             self.params = self.surrogate.trainable_parameters("lora")

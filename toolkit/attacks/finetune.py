@@ -21,7 +21,7 @@ from ..data import VQADataset
 from ..engine import TrainState, dataset_pixels, gather, make_generator, train_step
 from ..registry import Config, check_choice, check_range, make_config
 from ..surrogates.base import Surrogate
-from ..surrogates.hf_lvlm import LoraSettings
+from ..surrogates.base import LoraSettings
 from .base import TrainingCountermeasure
 
 __all__ = ["FineTune", "FineTuneResult", "learning_rate_schedule"]

@@ -73,7 +73,7 @@ class MEM(MinMinDefense):
         mode = self.config.shuffle_captions
         if mode != "auto":
             return mode == "always"
-        return all(s.family == "open_clip" for s, _ in _flatten(surrogates))
+        return all(s.contrastive for s, _ in _flatten(surrogates))
 
     def step_samples(self, samples: List, gen: torch.Generator) -> List:
         if not self._shuffle or len(samples) < 2:

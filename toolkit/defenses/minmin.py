@@ -34,7 +34,7 @@ from ..data import VQASample
 from ..engine import TrainState, adapted, dataset_pixels, gather, make_generator, pgd, project, shape_batches, \
     train_step
 from ..registry import check_choice, check_range
-from ..surrogates.hf_lvlm import LoraSettings
+from ..surrogates.base import LoraSettings
 from ..triggers import hotflip_scores, insert_trigger, words_of
 from .base import Defense, DefenseConfig
 

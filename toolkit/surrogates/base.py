@@ -13,14 +13,15 @@ from __future__ import annotations
 import contextlib
 import os
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Dict, FrozenSet, Iterator, List, Sequence, Tuple, Union
+from typing import Any, ClassVar, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..data import VQASample
 
-__all__ = ["Surrogate", "CAPABILITIES", "resolve_dtype", "resolve_device", "CapabilityError"]
+__all__ = ["Surrogate", "CAPABILITIES", "resolve_dtype", "resolve_device", "CapabilityError", "LoraSettings"]
 
 #: Capability names a surrogate may declare:
 #: ``image_grad`` (loss differentiable in the pixels), ``text`` (the question enters the loss),
@@ -56,6 +57,29 @@ def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
     return dev
 
 
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapter settings (peft).
+
+    Attributes:
+        rank: adapter rank r.
+        alpha: scaling numerator (effective scale alpha / r).
+        dropout: dropout on the adapter input.
+        target: regex over module names, or None for every attention+MLP projection of the language model.
+    """
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"lora rank must be an integer >= 1, got {self.rank!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"lora dropout must be in [0, 1), got {self.dropout!r}")
+
+
 class Surrogate(ABC):
     """Base class of every wrapped model (LVLM, CLIP, classifier).
 
@@ -71,6 +95,9 @@ class Surrogate(ABC):
 
     family: ClassVar[str] = "base"
     capabilities: ClassVar[FrozenSet[str]] = frozenset()
+    #: True when the loss scores each image against the batch's other captions (CLIP's contrastive loss), so
+    #: a defense may shuffle captions to break the image-caption pairing (MEM's ``shuffle_captions: auto``)
+    contrastive: ClassVar[bool] = False
     name: ClassVar[str]
 
     def __init__(self, path: Union[str, os.PathLike], *, device: Union[str, torch.device] = "cpu",
@@ -120,13 +147,18 @@ class Surrogate(ABC):
         """Parameters an attacker trains: ``"full"``, ``"projector"`` or ``"lora"`` (attached adapter)."""
 
     # ----------------------------------------------------------------- shared mechanics
-    def require(self, *needed: str, who: str = "this component") -> None:
-        """Raise :class:`CapabilityError` unless every capability in ``needed`` is declared."""
+    def require(self, *needed: str, who: str = "this component") -> "Surrogate":
+        """Raise :class:`CapabilityError` unless every capability in ``needed`` is declared; returns ``self``.
+
+        What each capability promises beyond this class (the methods a defense may then call) is
+        declared in :mod:`toolkit.surrogates.capabilities`.
+        """
         missing = [c for c in needed if c not in self.capabilities]
         if missing:
             raise CapabilityError(
                 f"{who} needs capabilities {missing} that surrogate {self.family!r} ({self.path}) "
                 f"lacks; it has {sorted(self.capabilities)}")
+        return self
 
     @contextlib.contextmanager
     def _grad_mode(self, train: bool, params: Sequence[torch.nn.Parameter]) -> Iterator["Surrogate"]:

@@ -123,6 +123,7 @@ class ClipSurrogate(Surrogate):
 
     family = "open_clip"
     capabilities = frozenset({"image_grad", "text", "token_grad", "trainable"})
+    contrastive = True
 
     # ----------------------------------------------------------------- loading
     def _load(self) -> torch.nn.Module:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import VQASample
-from .base import Surrogate
+from .base import LoraSettings, Surrogate
 
 __all__ = ["HFVisionLanguageSurrogate", "TokenBatch", "LoraSettings", "ForwardResult"]
 
@@ -75,29 +75,6 @@ class ForwardResult:
     attentions: Tuple[torch.Tensor, ...]
     embeddings: Optional[torch.Tensor]
     batch: "TokenBatch"
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA adapter settings (peft).
-
-    Attributes:
-        rank: adapter rank r.
-        alpha: scaling numerator (effective scale alpha / r).
-        dropout: dropout on the adapter input.
-        target: regex over module names, or None for every attention+MLP projection of the language model.
-    """
-
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"lora rank must be an integer >= 1, got {self.rank!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"lora dropout must be in [0, 1), got {self.dropout!r}")
 
 
 class HFVisionLanguageSurrogate(Surrogate):
