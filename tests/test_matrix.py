@@ -250,3 +250,37 @@ def test_threat_model_sees_the_same_weights_under_another_name():
     assert threat_model("w", ["s"], families, identities) == "gray-box"
     assert threat_model("q", ["s"], families, identities) == "black-box"
     assert threat_model("q", [], families, identities) == "-"
+
+
+def test_an_interrupted_run_keeps_the_finished_rows_and_reports_them(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from toolkit.cli import main
+    from toolkit.matrix import Stages
+
+    spec = _spec()
+    spec["defenses"] = spec["defenses"][:1]
+    spec["countermeasures"] = spec["countermeasures"][:1]
+    real, calls = Stages.finetune, []
+
+    def finetune_then_ctrl_c(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Stages, "finetune", finetune_then_ctrl_c)
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    threads = torch.get_num_threads()
+    try:
+        rc = main(["matrix", str(tmp_path / "spec.json"), "--out", str(tmp_path / "run"), "--quiet", "--threads", "1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert rc == 130 and "interrupted" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1  # one line (--quiet: no bars either)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["error"] is None and r["n_test"] > 0 for r in rows)
+    assert main(["report", str(tmp_path / "run")]) == 0  # the partial run renders
+    assert (tmp_path / "run" / "results.md").is_file()

@@ -23,4 +23,13 @@ def test_drops_against_clean_and_against_clean_under_the_same_countermeasure():
     assert recs[("clean", "jpeg")]["drop_same_cm_mean"] == pytest.approx(0.0)
     table = format_markdown(list(recs.values()))
     assert "| d | jpeg | gray-box | 40.0 ± 0.0 | +35.0 | +15.0 | 2 |" in table
-    assert "| d | filter | gray-box | 30.0 ± 0.0 | +50.0 | - | 1 |" in table
+    assert "| d | filter | gray-box | 30.0 | +50.0 | - | 1 |" in table  # one seed: no "± 0.0"
+
+
+def test_one_seed_reports_the_binomial_standard_error_not_a_zero_spread():
+    rows = [{**_row("clean", "none", 0, 0.56), "n_test": 300}, {**_row("d", "none", 0, 0.50), "n_test": 300}]
+    recs = {r["defense"]: r for r in aggregate(rows)}
+    assert recs["d"]["accuracy_se"] == pytest.approx((0.5 * 0.5 / 300) ** 0.5)
+    table = format_markdown(list(recs.values()))
+    assert "| d | none | gray-box | 50.0 (SE 2.9) |" in table and "± 0.0" not in table
+    assert "n = 300 test questions" in table

@@ -199,12 +199,8 @@ def _cmd_zoo_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_zoo_build(args: argparse.Namespace) -> int:
-    import torch
-
     from .zoo import ZOO, build_zoo_model, read_card, zoo_folder
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     names = args.names or sorted(ZOO)
     unknown = [n for n in names if n not in ZOO]
     if unknown:
@@ -241,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--limit", type=int, default=0,
                       help="a small slice: N training samples, N/3 test (0 = the spec's 1,000 / 300)")
     demo.add_argument("--defenses", nargs="*", default=None, help="subset of demo defense labels")
+    demo.add_argument("--threads", type=int, default=0,
+                       help="torch CPU threads (0 = torch's default; set it when several jobs share the cores)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 
@@ -260,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--device", default="cpu")
     protect.add_argument("--dtype", default="float32")
     protect.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    protect.add_argument("--threads", type=int, default=0,
+                       help="torch CPU threads (0 = torch's default; set it when several jobs share the cores)")
     protect.add_argument("--quiet", action="store_true")
     protect.add_argument("--plugin", action="append", metavar="MODULE",
                          help="import MODULE (a module name or a .py file) first, e.g. for a defense of your own")
@@ -272,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cache folder (default OUT/cache); content-addressed, so specs can share one")
     matrix.add_argument("--device", default="cpu")
     matrix.add_argument("--dtype", default="float32")
+    matrix.add_argument("--threads", type=int, default=0,
+                       help="torch CPU threads (0 = torch's default; set it when several jobs share the cores)")
     matrix.add_argument("--quiet", action="store_true")
     matrix.add_argument("--plugin", action="append", metavar="MODULE",
                         help="import MODULE (a module name or a .py file) first, so the defenses, countermeasures "
@@ -337,8 +339,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "quiet", False):  # transformers' own bars (e.g. "Writing model shards") too
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    if getattr(args, "threads", 0):
+        if args.threads < 0:
+            print(f"error: --threads must be >= 0, got {args.threads}", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted: every finished stage is cached (and its rows are in rows.jsonl); run the same "
+              "command again to resume", file=sys.stderr)
+        return 130
     except (DataError, ReleaseError, CapabilityError, ValueError, KeyError, TypeError, FileNotFoundError,
             argparse.ArgumentTypeError, ImportError, RuntimeError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -65,6 +65,11 @@ def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                                "error": next((r["error"] for r in rs if r.get("error")), None)}
         if ok:
             rec["accuracy_mean"], rec["accuracy_std"] = _mean_std([r["accuracy"] for r in ok])
+            n = ok[0].get("n_test")
+            rec["n_test"] = n
+            # one seed has no spread: report the binomial standard error of one accuracy on n questions
+            rec["accuracy_se"] = (math.sqrt(rec["accuracy_mean"] * (1 - rec["accuracy_mean"]) / n)
+                                  if n else None)
             drops = [clean[(victim, r["seed"])] - r["accuracy"] for r in ok if (victim, r["seed"]) in clean]
             rec["drop_mean"] = _mean_std(drops)[0] if drops else None
             same = [clean_cm[(victim, cm, r["seed"])] - r["accuracy"] for r in ok
@@ -92,15 +97,22 @@ def format_markdown(records: List[Dict[str, Any]]) -> str:
         for r in (r for r in records if r["victim"] == victim):
             if r.get("accuracy_mean") is None:
                 acc = f"error: {r['error']}"
-            else:
+            elif r["seeds"] > 1:
                 acc = f"{100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f}"
+            elif r.get("accuracy_se") is not None:
+                acc = f"{100 * r['accuracy_mean']:.1f} (SE {100 * r['accuracy_se']:.1f})"
+            else:
+                acc = f"{100 * r['accuracy_mean']:.1f}"
             drop = None if r.get("drop_mean") is None else 100 * r["drop_mean"]
             same = None if r.get("drop_same_cm_mean") is None else 100 * r["drop_same_cm_mean"]
             lines.append(f"| {r['defense']} | {r['countermeasure']} | {r['threat_model']} | {acc} | "
                          f"{_fmt(drop, '+.1f')} | {_fmt(same, '+.1f')} | {r['seeds']} | {_fmt(r.get('psnr'), '.1f')} | "
                          f"{_fmt(r.get('ssim'), '.3f')} | {_fmt(r.get('trigger_length'), '.1f')} | "
                          f"{_fmt(r.get('protect_seconds'), '.0f')} |")
-        lines.append("")
+        n = sorted({r["n_test"] for r in records if r["victim"] == victim and r.get("n_test")})
+        lines += ["", f"Accuracy: mean ± std over seeds; with one seed, (SE) is the binomial standard error of one "
+                      f"accuracy on the n = {', '.join(map(str, n)) or '?'} test questions (a difference of two "
+                      "cells has about 1.4x that).", ""]
     return "\n".join(lines)
 
 
@@ -144,7 +156,7 @@ def write_reports(out: Union[str, Path]) -> Dict[str, Path]:
     paths = {"markdown": out / "results.md", "csv": out / "results.csv"}
     paths["markdown"].write_text(format_markdown(records))
     keys = ["victim", "defense", "countermeasure", "threat_model", "accuracy_mean", "accuracy_std", "drop_mean",
-            "drop_same_cm_mean", "seeds", "errors", "error", *_extra_columns()]
+            "drop_same_cm_mean", "seeds", "n_test", "accuracy_se", "errors", "error", *_extra_columns()]
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()

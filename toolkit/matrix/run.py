@@ -48,7 +48,7 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
     stages = Stages(spec, out, progress, device, dtype, Path(cache) if cache is not None else None)
     models = stages.models
     versions = package_versions()
-    rows: List[Dict[str, Any]] = []
+    rows = _RowLog(out / "rows.jsonl")
     total = len(spec.seeds) * len(spec.defenses) * len(spec.countermeasures) * len(spec.victims)
     bar = tqdm(total=total, desc=f"matrix {spec.name}", disable=not progress)
     for seed in spec.seeds:
@@ -62,7 +62,7 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
                 try:
                     result = stages.zero_shot(v, test, seed, attacker_clean)
                     row.update({"accuracy": result["accuracy"], "eval_seconds": result["eval_seconds"],
-                                "peak_mib": result["peak_mib"], "error": None})
+                                "peak_mib": result["peak_mib"], "n_test": len(test), "error": None})
                 except Exception as exc:
                     log.warning("zero-shot %s failed: %s", v, exc)
                     row.update({"stage": "zero_shot", "error": f"{type(exc).__name__}: {exc}"})
@@ -120,16 +120,27 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
                     except Exception as exc:
                         log.warning("cell %s / %s / %s failed at %s: %s", dspec.label, cm.label, v, stage, exc)
                         row.update({"stage": stage, "error": f"{type(exc).__name__}: {exc}"})
+                    row["n_test"] = len(test)
                     rows.append(row)
                     bar.update(1)
     bar.close()
-    tmp = out / "rows.jsonl.tmp"
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r, default=str) + "\n")
-    os.replace(tmp, out / "rows.jsonl")
     (out / "spec.json").write_text(json.dumps(spec, default=lambda o: o.__dict__, indent=2))
     write_reports(out)
     log.info("matrix %s: stages computed this run: %s", spec.name, stages.counters)
     (out / "last_run.json").write_text(json.dumps({"computed": dict(stages.counters)}))
-    return rows
+    return list(rows)
+
+
+class _RowLog(list):
+    """The run's rows, each also appended to ``rows.jsonl`` (flushed) as soon as it exists, so an interrupted
+    run leaves the rows of every finished cell for ``mmguard report``; the file is started afresh per run."""
+
+    def __init__(self, path) -> None:
+        super().__init__()
+        self.path = path
+        path.write_text("")
+
+    def append(self, row: Dict[str, Any]) -> None:  # type: ignore[override]
+        super().append(row)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
