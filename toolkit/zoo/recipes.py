@@ -21,9 +21,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
-from ..datasets import PRETRAIN_TYPES, SKILL_TYPES
+from ..datasets import ANSWER_SKILL_TYPES, PRETRAIN_TYPES, SKILL_TYPES
 
-__all__ = ["ZooRecipe", "ZOO", "register_zoo", "recipe_hash", "DOWNSTREAM", "LAYOUT", "ZOO_PRETRAIN_TYPES", "TOKENIZER_CORPUS"]
+__all__ = ["ZooRecipe", "ZOO", "register_zoo", "recipe_hash", "DOWNSTREAM", "LAYOUT", "ZOO_PRETRAIN_TYPES",
+           "ZOO_ANSWER_PRETRAIN_TYPES", "TOKENIZER_CORPUS"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,9 @@ LAYOUT: Dict[str, Any] = {"grid": 2, "max_objects": 2, "object_scale": [0.6, 0.9
 #: question types the zoo pretrains on: the ``scenes_pretrain`` mix (captions, sizes, text colours) and the
 #: three skills that ask about shapes and letters in other forms than the downstream questions
 ZOO_PRETRAIN_TYPES: Tuple[str, ...] = PRETRAIN_TYPES + SKILL_TYPES
+#: the same plus the answer skills (yes/no and number answers to other questions: is the object big, how many
+#: corners, how many letters), so a model arrives able to *say* the downstream task's answer words
+ZOO_ANSWER_PRETRAIN_TYPES: Tuple[str, ...] = ZOO_PRETRAIN_TYPES + ANSWER_SKILL_TYPES
 #: the downstream task the zoo is meant to meet (question types never used in pretraining)
 DOWNSTREAM: Dict[str, Any] = {"name": "scenes", "image_size": 48, **LAYOUT}
 #: datasets whose questions and answers train the zoo tokenizers (so task words are single tokens)
