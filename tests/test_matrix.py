@@ -1,5 +1,6 @@
 """The matrix runner: cache hits, config changes, resume after a kill, error cells, threat models."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -284,3 +285,29 @@ def test_an_interrupted_run_keeps_the_finished_rows_and_reports_them(tmp_path, m
     assert len(rows) == 2 and all(r["error"] is None and r["n_test"] > 0 for r in rows)
     assert main(["report", str(tmp_path / "run")]) == 0  # the partial run renders
     assert (tmp_path / "run" / "results.md").is_file()
+
+
+def _slow_commit(args):
+    import time
+
+    from toolkit.matrix import StageCache
+
+    root, log = args
+
+    def build(tmp):
+        with open(log, "a") as f:
+            f.write("built\n")
+        time.sleep(0.5)
+        (tmp / "out.txt").write_text("x")
+        return {"by": os.getpid()}
+
+    return StageCache(Path(root)).commit("stage", "key", build)
+
+
+def test_two_processes_sharing_a_cache_build_an_entry_once(tmp_path):
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        metas = pool.map(_slow_commit, [(str(tmp_path), str(tmp_path / "log"))] * 2)
+    assert (tmp_path / "log").read_text() == "built\n"  # the second process waited and reused it
+    assert metas[0] == metas[1] and (tmp_path / "stage" / "key" / "out.txt").read_text() == "x"

@@ -1,12 +1,18 @@
 """The matrix runner's content-addressed, atomically written store of stage outputs."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Iterator
+
+try:  # POSIX advisory locks; elsewhere concurrent runs on one cache are not coordinated
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 __all__ = ["StageCache", "content_hash"]
 
@@ -16,9 +22,24 @@ def content_hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the block."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class StageCache:
     """Stage outputs under ``root/STAGE/KEY/`` with a ``done.json`` written last; a killed run leaves only
-    ``.tmp`` folders, which the next run discards."""
+    ``.tmp`` folders, which the next run discards. Several processes may share one cache: an entry is
+    built under a per-key lock, and a process that waited for it reuses what the other one built."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -36,13 +57,18 @@ class StageCache:
         return json.loads((self.path(stage, key) / "done.json").read_text())
 
     def commit(self, stage: str, key: str, build: Callable[[Path], Dict[str, Any]]) -> Dict[str, Any]:
-        """Run ``build(tmp_folder) -> meta`` into a temporary folder and move it into place."""
+        """Run ``build(tmp_folder) -> meta`` into a temporary folder and move it into place (once: under the
+        key's lock, an entry another process finished meanwhile is returned instead of rebuilt)."""
         final = self.path(stage, key)
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        meta = build(tmp)
-        (tmp / "done.json").write_text(json.dumps(meta, default=str))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        return meta
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive(final.with_name(final.name + ".lock")):
+            if self.has(stage, key):
+                return self.meta(stage, key)
+            tmp = final.with_name(final.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            meta = build(tmp)
+            (tmp / "done.json").write_text(json.dumps(meta, default=str))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            return meta
