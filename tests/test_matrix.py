@@ -311,3 +311,35 @@ def test_two_processes_sharing_a_cache_build_an_entry_once(tmp_path):
         metas = pool.map(_slow_commit, [(str(tmp_path), str(tmp_path / "log"))] * 2)
     assert (tmp_path / "log").read_text() == "built\n"  # the second process waited and reused it
     assert metas[0] == metas[1] and (tmp_path / "stage" / "key" / "out.txt").read_text() == "x"
+
+
+def test_a_folder_with_another_specs_results_is_refused_unless_forced(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "spec.json").write_text(json.dumps({"name": "someone-else"}))
+    (out / "rows.jsonl").write_text('{"kept": true}\n')
+    with pytest.raises(MatrixError, match="holds the results of spec 'someone-else', not 'unit'.*--force"):
+        run_matrix(_spec(), out, progress=False)
+    assert (out / "rows.jsonl").read_text() == '{"kept": true}\n'  # nothing touched
+    assert main(["matrix", str(_write_spec(tmp_path)), "--out", str(out), "--quiet"]) == 2
+
+
+def _write_spec(tmp_path):
+    path = tmp_path / "unit.json"
+    path.write_text(json.dumps(_spec()))
+    return path
+
+
+def test_relative_paths_in_a_spec_file_resolve_against_its_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    (folder / "data").mkdir(parents=True)
+    spec = {"data": {"train": "data/train.json", "test": "data/test.json"},
+            "models": {"v": {"tiny": "llava"}, "mine": {"path": "ckpt/llava"}, "home": {"path": "~/ckpt"}},
+            "victims": ["v"], "finetune": {"pretrain": {"data": "data/pre.json", "epochs": 1}}}
+    (folder / "spec.yaml").write_text(json.dumps(spec))
+    monkeypatch.chdir(tmp_path)  # another working directory
+    parsed = load_spec("project/spec.yaml")
+    base = folder.resolve()
+    assert parsed.data["train"] == str(base / "data/train.json") and parsed.data["test"] == str(base / "data/test.json")
+    assert parsed.models["mine"]["path"] == str(base / "ckpt/llava") and parsed.models["home"]["path"] == "~/ckpt"
+    assert parsed.finetune["pretrain"]["data"] == str(base / "data/pre.json")

@@ -94,7 +94,7 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
     _import_plugins(args.plugin)
 
     rows = run_matrix(args.spec, args.out, progress=not args.quiet, device=args.device, dtype=args.dtype,
-                      cache=args.cache)
+                      cache=args.cache, force=args.force)
     print(format_markdown(aggregate(rows)))
     print(f"rows, tables and heatmaps in {args.out}")
     return 0
@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--threads", type=int, default=0,
                        help="torch CPU threads (0 = torch's default; set it when several jobs share the cores)")
     matrix.add_argument("--quiet", action="store_true")
+    matrix.add_argument("--force", action="store_true",
+                        help="run into a folder that holds another spec's results (its rows are replaced)")
     matrix.add_argument("--plugin", action="append", metavar="MODULE",
                         help="import MODULE (a module name or a .py file) first, so the defenses, countermeasures "
                              "and metrics it registers can be used in the spec (repeatable)")

@@ -14,7 +14,7 @@ from ..release import package_versions, read_release
 from ..reports import write_reports
 from .cache import content_hash
 from .models import threat_model
-from .spec import ZERO_SHOT, MatrixSpec, load_spec
+from .spec import ZERO_SHOT, MatrixError, MatrixSpec, load_spec
 from .stages import Stages
 
 __all__ = ["run_matrix", "stealth_metrics"]
@@ -35,16 +35,27 @@ def stealth_metrics(train, released, names: Sequence[str]) -> Dict[str, Any]:
 
 def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: Union[str, os.PathLike], *,
                progress: bool = True, device: str = "cpu", dtype: str = "float32",
-               cache: Optional[Union[str, os.PathLike]] = None) -> List[Dict[str, Any]]:
+               cache: Optional[Union[str, os.PathLike]] = None, force: bool = False) -> List[Dict[str, Any]]:
     """Run (or resume) a matrix into ``out``; returns the rows (also in ``out/rows.jsonl``) and renders reports.
 
     ``cache`` (default ``out/cache``) may be shared between specs: keys are content hashes, so a
-    second spec with the same protections, data and seeds reuses them.
+    second spec with the same protections, data and seeds reuses them. A folder holding the results of a
+    spec with another name is refused unless ``force`` (its rows would be replaced).
     """
     if not isinstance(spec, MatrixSpec):
         spec = MatrixSpec.from_dict(spec) if isinstance(spec, dict) else load_spec(spec)
     out = Path(out)
+    previous = out / "spec.json"
+    if previous.is_file() and not force:
+        try:
+            other = json.loads(previous.read_text()).get("name")
+        except (ValueError, AttributeError):
+            other = None
+        if other != spec.name:
+            raise MatrixError(f"{out} holds the results of spec {other!r}, not {spec.name!r}; choose another output "
+                              "folder or pass --force (force=True) to replace its rows")
     out.mkdir(parents=True, exist_ok=True)
+    previous.write_text(json.dumps(spec, default=lambda o: o.__dict__, indent=2))
     stages = Stages(spec, out, progress, device, dtype, Path(cache) if cache is not None else None)
     models = stages.models
     versions = package_versions()
@@ -124,7 +135,6 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
                     rows.append(row)
                     bar.update(1)
     bar.close()
-    (out / "spec.json").write_text(json.dumps(spec, default=lambda o: o.__dict__, indent=2))
     write_reports(out)
     log.info("matrix %s: stages computed this run: %s", spec.name, stages.counters)
     (out / "last_run.json").write_text(json.dumps({"computed": dict(stages.counters)}))

@@ -295,15 +295,47 @@ def _check_finetune(finetune: Dict[str, Any], data: Dict[str, Any]) -> None:
 
 
 def load_spec(path_or_name: Union[str, os.PathLike]) -> MatrixSpec:
-    """Read a YAML spec file, or a spec shipped in the package by name (``"demo"``)."""
+    """Read a YAML spec file, or a spec shipped in the package by name (``"demo"``).
+
+    Relative file paths in a spec file (``data.train`` / ``data.test``, ``finetune.pretrain.data``,
+    ``models.*.path``, ``.py`` entries of ``plugins``) are resolved against the spec file's folder, so a
+    spec works from any working directory.
+    """
     path = Path(path_or_name)
     if path.is_file():
-        text = path.read_text()
+        raw = yaml.safe_load(path.read_text())
+        return MatrixSpec.from_dict(_resolve_paths(raw, path.resolve().parent))
     else:
         packaged = ilr.files("toolkit.specs").joinpath(f"{path_or_name}.yaml")
         if not packaged.is_file():
             raise FileNotFoundError(f"no spec file {path} and no packaged spec {str(path_or_name)!r}")
         text = packaged.read_text()
     return MatrixSpec.from_dict(yaml.safe_load(text))
+
+
+def _resolve_paths(spec: Any, base: Path) -> Any:
+    """``spec`` with its relative file paths made absolute against ``base`` (the spec file's folder)."""
+    if not isinstance(spec, dict):
+        return spec
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value and not value.startswith("~") and not Path(value).is_absolute():
+            return str(base / value)
+        return value
+
+    spec = dict(spec)
+    if isinstance(spec.get("data"), dict):
+        spec["data"] = {k: fix(v) if k in ("train", "test") else v for k, v in spec["data"].items()}
+    if isinstance(spec.get("models"), dict):
+        spec["models"] = {k: ({**m, "path": fix(m["path"])} if isinstance(m, dict) and "path" in m else m)
+                          for k, m in spec["models"].items()}
+    finetune = spec.get("finetune")
+    if isinstance(finetune, dict) and isinstance(finetune.get("pretrain"), dict) and "data" in finetune["pretrain"]:
+        spec["finetune"] = {**finetune, "pretrain": {**finetune["pretrain"], "data": fix(finetune["pretrain"]["data"])}}
+    plugins = spec.get("plugins")
+    if plugins is not None:
+        items = plugins if isinstance(plugins, list) else [plugins]
+        spec["plugins"] = [fix(p) if isinstance(p, str) and p.endswith(".py") else p for p in items]
+    return spec
 
 
