@@ -343,3 +343,39 @@ def test_relative_paths_in_a_spec_file_resolve_against_its_folder(tmp_path, monk
     assert parsed.data["train"] == str(base / "data/train.json") and parsed.data["test"] == str(base / "data/test.json")
     assert parsed.models["mine"]["path"] == str(base / "ckpt/llava") and parsed.models["home"]["path"] == "~/ckpt"
     assert parsed.finetune["pretrain"]["data"] == str(base / "data/pre.json")
+
+
+def test_two_sharded_workers_on_one_folder_run_every_cell_once(tmp_path):
+    """Two processes (`--shard 0/2`, `--shard 1/2`) share an output folder and its cache; the merged report
+    equals an unsharded run's, cell for cell."""
+    import subprocess
+    import sys
+
+    spec = _spec()
+    spec["defenses"] = spec["defenses"][:2]
+    spec["countermeasures"] = [spec["countermeasures"][0]]
+    spec["seeds"] = [0, 1]
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-c", "import sys; from toolkit.cli import main; sys.exit(main(sys.argv[1:]))",
+           "matrix", str(path), "--out", str(tmp_path / "shared"), "--quiet", "--threads", "1", "--shard"]
+    workers = [subprocess.Popen(cmd + [f"{i}/2"], env=env, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    assert all(w.wait(timeout=900) == 0 for w in workers), [w.stderr.read()[-2000:] for w in workers]
+    merged = read_rows(tmp_path / "shared")
+    alone = run_matrix(spec, tmp_path / "alone", progress=False, cache=tmp_path / "shared" / "cache")
+    key = lambda r: (r["seed"], r["defense"], r["countermeasure"], r["victim"])  # noqa: E731
+    assert sorted(map(key, merged)) == sorted(map(key, alone)) and len(merged) == 2 * 3 * 2 * 2
+    assert {key(r): r["accuracy"] for r in merged} == {key(r): r["accuracy"] for r in alone}
+    assert _computed(tmp_path / "alone") == {"protect": 0, "transform": 0, "pretrain": 0, "finetune": 0}
+    assert sorted(p.name for p in (tmp_path / "shared").glob("rows*.jsonl")) == \
+        ["rows-shard-0-of-2.jsonl", "rows-shard-1-of-2.jsonl"]
+    assert main(["report", str(tmp_path / "shared")]) == 0
+
+
+@pytest.mark.parametrize("text", ["2/2", "a/2", "1", "-1/2"])
+def test_bad_shard_arguments_are_named(text):
+    from toolkit.cli import parse_shard
+
+    with pytest.raises(ValueError, match="--shard"):
+        parse_shard(text)

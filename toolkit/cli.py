@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from fractions import Fraction
@@ -79,6 +80,27 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_shard(text: Optional[str]) -> Optional[tuple]:
+    """``--shard``: ``I/N`` (worker I of N, from 0), or ``env`` (``SLURM_ARRAY_TASK_ID`` /
+    ``SLURM_ARRAY_TASK_COUNT``, else ``MMGUARD_SHARD=I/N``); None when not given."""
+    if text is None:
+        return None
+    if text == "env":
+        if "SLURM_ARRAY_TASK_ID" in os.environ and "SLURM_ARRAY_TASK_COUNT" in os.environ:
+            text = f"{os.environ['SLURM_ARRAY_TASK_ID']}/{os.environ['SLURM_ARRAY_TASK_COUNT']}"
+        elif "MMGUARD_SHARD" in os.environ:
+            text = os.environ["MMGUARD_SHARD"]
+        else:
+            raise ValueError("--shard env: set SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT, or MMGUARD_SHARD=I/N")
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"--shard: I/N with 0 <= I < N (or env), got {text!r}")
+    i, n = int(parts[0]), int(parts[1])
+    if not 0 <= i < n:
+        raise ValueError(f"--shard: I/N with 0 <= I < N, got {text!r}")
+    return i, n
+
+
 def _import_plugins(modules) -> None:
     """Import each ``--plugin`` module (a module name or a .py file) so its components are registered."""
     from .registry import import_plugin
@@ -94,7 +116,7 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
     _import_plugins(args.plugin)
 
     rows = run_matrix(args.spec, args.out, progress=not args.quiet, device=args.device, dtype=args.dtype,
-                      cache=args.cache, force=args.force)
+                      cache=args.cache, force=args.force, shard=parse_shard(args.shard))
     print(format_markdown(aggregate(rows)))
     print(f"rows, tables and heatmaps in {args.out}")
     return 0
@@ -275,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--threads", type=int, default=0,
                        help="torch CPU threads (0 = torch's default; set it when several jobs share the cores)")
     matrix.add_argument("--quiet", action="store_true")
+    matrix.add_argument("--shard", default=None, metavar="I/N",
+                        help="run worker I's share of N (0-based) into the shared --out folder; 'env' reads "
+                             "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT or MMGUARD_SHARD; `mmguard report` merges")
     matrix.add_argument("--force", action="store_true",
                         help="run into a folder that holds another spec's results (its rows are replaced)")
     matrix.add_argument("--plugin", action="append", metavar="MODULE",

@@ -26,11 +26,12 @@ def _extra_columns() -> Tuple[str, ...]:
 
 
 def read_rows(out: Union[str, Path]) -> List[Dict[str, Any]]:
-    """The rows of a matrix run folder."""
-    path = Path(out) / "rows.jsonl"
-    if not path.is_file():
+    """The rows of a matrix run folder: ``rows.jsonl``, or the ``rows-shard-*.jsonl`` of its sharded workers."""
+    out = Path(out)
+    paths = [out / "rows.jsonl"] if (out / "rows.jsonl").is_file() else sorted(out.glob("rows-shard-*.jsonl"))
+    if not paths:
         raise FileNotFoundError(f"{out}: no rows.jsonl (run `mmguard matrix` first)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
 
 
 def _mean_std(values: Sequence[float]) -> Tuple[float, float]:

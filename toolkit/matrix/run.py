@@ -5,7 +5,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from tqdm.auto import tqdm
 
@@ -35,12 +35,20 @@ def stealth_metrics(train, released, names: Sequence[str]) -> Dict[str, Any]:
 
 def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: Union[str, os.PathLike], *,
                progress: bool = True, device: str = "cpu", dtype: str = "float32",
-               cache: Optional[Union[str, os.PathLike]] = None, force: bool = False) -> List[Dict[str, Any]]:
+               cache: Optional[Union[str, os.PathLike]] = None, force: bool = False,
+               shard: Optional[Tuple[int, int]] = None) -> List[Dict[str, Any]]:
     """Run (or resume) a matrix into ``out``; returns the rows (also in ``out/rows.jsonl``) and renders reports.
 
     ``cache`` (default ``out/cache``) may be shared between specs: keys are content hashes, so a
     second spec with the same protections, data and seeds reuses them. A folder holding the results of a
     spec with another name is refused unless ``force`` (its rows would be replaced).
+
+    ``shard=(i, n)``: run only worker i's share of n (0 <= i < n). The units of work are
+    (seed, defense row) pairs (a row's protection and all its cells stay on one worker) and the
+    zero-shot rows of a seed, dealt round-robin in spec order, so the n workers together run every cell
+    once. Workers share ``out`` (and its cache: entries are built under locks) on one filesystem, each
+    writes ``rows-shard-I-of-N.jsonl``, and :func:`toolkit.reports.read_rows` (``mmguard report``)
+    merges them.
     """
     if not isinstance(spec, MatrixSpec):
         spec = MatrixSpec.from_dict(spec) if isinstance(spec, dict) else load_spec(spec)
@@ -59,14 +67,21 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
     stages = Stages(spec, out, progress, device, dtype, Path(cache) if cache is not None else None)
     models = stages.models
     versions = package_versions()
-    rows = _RowLog(out / "rows.jsonl")
+    mine = _shard_filter(spec, shard)
+    if shard is None:
+        for stale in out.glob("rows-shard-*.jsonl"):  # a sharded run's rows would be counted twice
+            stale.unlink()
+        rows = _RowLog(out / "rows.jsonl")
+    else:
+        (out / "rows.jsonl").unlink(missing_ok=True)
+        rows = _RowLog(out / f"rows-shard-{shard[0]}-of-{shard[1]}.jsonl")
     total = len(spec.seeds) * len(spec.defenses) * len(spec.countermeasures) * len(spec.victims)
     bar = tqdm(total=total, desc=f"matrix {spec.name}", disable=not progress)
     for seed in spec.seeds:
         train, test, attacker_clean = stages.data(seed)
         for v in spec.victims:
             models.folder(v)
-            if spec.zero_shot:  # the victim before any fine-tuning: what the attacker starts from
+            if spec.zero_shot and mine(seed, ZERO_SHOT):  # the victim before any fine-tuning
                 row = {"matrix": spec.name, "seed": seed, "defense": ZERO_SHOT, "defense_name": None,
                        "surrogates": [], "versions": versions, "countermeasure": "none", "victim": v,
                        "threat_model": "-"}
@@ -80,6 +95,9 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
                 rows.append(row)
         identities = {m: models.identity(m) for m in spec.models}
         for dspec in spec.defenses:
+            if not mine(seed, dspec.label):
+                bar.update(len(spec.countermeasures) * len(spec.victims))
+                continue
             for s in dspec.surrogates:
                 models.folder(s)
             base = {"matrix": spec.name, "seed": seed, "defense": dspec.label, "defense_name": dspec.name,
@@ -139,6 +157,19 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
     log.info("matrix %s: stages computed this run: %s", spec.name, stages.counters)
     (out / "last_run.json").write_text(json.dumps({"computed": dict(stages.counters)}))
     return list(rows)
+
+
+def _shard_filter(spec: MatrixSpec, shard: Optional[Tuple[int, int]]):
+    """``mine(seed, label)``: whether the unit (seed, defense label or zero-shot) is this worker's."""
+    if shard is None:
+        return lambda seed, label: True
+    i, n = shard
+    if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
+        raise MatrixError(f"shard: worker index i and count n with 0 <= i < n, got {shard!r}")
+    labels = ([ZERO_SHOT] if spec.zero_shot else []) + [d.label for d in spec.defenses]
+    units = [(seed, label) for seed in spec.seeds for label in labels]
+    owned = {u for k, u in enumerate(units) if k % n == i}
+    return lambda seed, label: (seed, label) in owned
 
 
 class _RowLog(list):
