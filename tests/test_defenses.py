@@ -85,11 +85,50 @@ def test_subclass_cannot_exceed_budget(data):
     class Greedy(Defense):
         name = "greedy_test"
 
-        def _protect(self, dataset, surrogates, progress):
+        def _protect(self, dataset, surrogates, progress, checkpoint=None):
             return [np.ones_like(s.image, dtype=np.float32) for s in dataset], {}
 
     out = Greedy(eps=4 / 255).protect(data)
     assert max(np.abs(p.image.astype(int) - s.image.astype(int)).max() for p, s in zip(out.dataset, data)) == 4
+
+
+def test_protect_is_final_and_proposals_are_typed(data):
+    from toolkit.defenses.base import Defense, Proposal
+
+    with pytest.raises(TypeError, match="overrides Defense.protect, which is final"):
+        class Sneaky(Defense):
+            def protect(self, dataset, surrogates=None, progress=False, checkpoint=None):
+                return dataset
+
+    class OldStyle(Defense):
+        name = "old_style_test"
+
+        def _protect(self, dataset, surrogates, progress, checkpoint=None):
+            return [s.image for s in dataset], {"questions": [s.question for s in dataset], "triggers": []}
+
+    with pytest.raises(TypeError, match="return Proposal\\(images, questions=..., triggers=...\\)"):
+        OldStyle().protect(data)
+    with pytest.raises(ValueError, match="questions and triggers together"):
+        Proposal([], questions=["q"])
+
+    from dataclasses import dataclass
+
+    from toolkit.defenses.base import DefenseConfig
+
+    class Triggered(Defense):
+        name = "triggered_test"
+
+        @dataclass(frozen=True, kw_only=True)
+        class Config(DefenseConfig):
+            max_trigger_tokens: int = 2
+
+        def _protect(self, dataset, surrogates, progress, checkpoint=None):
+            return Proposal([s.image for s in dataset], questions=[f"zebra {s.question}" for s in dataset],
+                            triggers=[{"words": ["zebra"], "position": "start"} for _ in dataset], info={"k": 1})
+
+    out = Triggered().protect(data)
+    assert out.dataset[0].question == f"zebra {data[0].question}" and out.info == {"k": 1}
+    assert out.dataset[0].meta["trigger"]["words"] == ["zebra"]
 
 
 def test_emn_needs_a_surrogate_and_validates_dataset(data):

@@ -1,5 +1,5 @@
 """Defenses (data protections). Registry: ``DEFENSES``."""
-from .base import DEFENSES, Defense, DefenseConfig, Protection, enforce_budget
+from .base import DEFENSES, Defense, DefenseConfig, Proposal, Protection, enforce_budget
 from .emn import EMN
 from .mem import MEM
 from .mmguard import MMGUARD_VARIANTS, MMGuard
@@ -8,5 +8,5 @@ from .random_noise import RandomNoise
 from .rem import REM
 from .tue import TUE
 
-__all__ = ["DEFENSES", "Defense", "DefenseConfig", "Protection", "enforce_budget", "EMN", "TUE", "REM", "MEM",
+__all__ = ["DEFENSES", "Defense", "DefenseConfig", "Proposal", "Protection", "enforce_budget", "EMN", "TUE", "REM", "MEM",
            "RandomNoise", "MMGuard", "MMGUARD_VARIANTS", "MinMinDefense", "MinMinConfig", "Perturbation"]

@@ -5,10 +5,12 @@ controls nothing after release; the attacker fine-tunes any model on it. A
 defense optimises delta (and later a text trigger) against one or more
 surrogates it has white-box access to.
 
-``Defense.protect`` is final: it validates the data, surrogates and
-capabilities, calls the subclass's ``_protect`` (which only *proposes*
-protected images), then enforces the L_inf budget after uint8 rounding, so no
-subclass can exceed it.
+``Defense.protect`` is final (a subclass that overrides it is refused when the
+class is created): it validates the data, surrogates and capabilities, calls the
+subclass's ``_protect`` (which only *proposes* protected images, and questions
+with inserted triggers, as a :class:`Proposal`), then enforces the L_inf budget
+after uint8 rounding and checks every released question is the original plus at
+most ``max_trigger_tokens`` inserted words, so no subclass can exceed either.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Sequence, Tuple, Union
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,7 +29,7 @@ from ..data import VQADataset
 from ..registry import Config, Registry, check_range, make_config
 from ..surrogates.base import Surrogate
 
-__all__ = ["Defense", "DefenseConfig", "Protection", "DEFENSES", "enforce_budget"]
+__all__ = ["Defense", "DefenseConfig", "Protection", "Proposal", "DEFENSES", "enforce_budget"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,28 @@ class DefenseConfig(Config):
         check_range("eps", self.eps, 0.0, 1.0, low_open=True)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+
+
+@dataclass
+class Proposal:
+    """What :meth:`Defense._protect` proposes; :meth:`Defense.protect` enforces the budgets on it.
+
+    Attributes:
+        images: one proposed image per sample, in dataset order: float [0, 1] (3, H, W) or (H, W, 3), or
+            uint8 (H, W, 3).
+        questions: the released questions (the originals with the triggers inserted), or None (unchanged).
+        triggers: per sample ``{"words": [...], "position": ...}``, given together with ``questions``.
+        info: defense-specific records (rounds run, convergence history, ...) for :attr:`Protection.info`.
+    """
+
+    images: Sequence[Union[np.ndarray, torch.Tensor]]
+    questions: Optional[Sequence[str]] = None
+    triggers: Optional[Sequence[Dict[str, Any]]] = None
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.questions is None) != (self.triggers is None):
+            raise ValueError("a Proposal gives questions and triggers together, or neither")
 
 
 @dataclass
@@ -120,6 +144,12 @@ class Defense(ABC):
     needs_surrogate: ClassVar[bool] = False
     name: ClassVar[str]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "protect" in vars(cls):
+            raise TypeError(f"{cls.__qualname__} overrides Defense.protect, which is final (it enforces the budgets); "
+                            "implement _protect and return a Proposal instead")
+
     def __init__(self, **config: Any) -> None:
         self.config = make_config(self.Config, f"defense {getattr(self, 'name', type(self).__name__)!r}", config)
 
@@ -149,24 +179,26 @@ class Defense(ABC):
                 raise TypeError(f"surrogates must be Surrogate objects, got {type(s).__name__}")
             s.require(*self.requires, who=f"defense {self.name!r}")
         start = time.perf_counter()
-        self._checkpoint_path = checkpoint
-        try:
-            proposals, info = self._protect(dataset, surrogates, progress)
-        finally:
-            self._checkpoint_path = None
+        proposal = self._protect(dataset, surrogates, progress, checkpoint)
         seconds = time.perf_counter() - start
-        if len(proposals) != len(dataset):
-            raise RuntimeError(f"{self.name}: {len(proposals)} proposals for {len(dataset)} samples")
+        if isinstance(proposal, tuple) and len(proposal) == 2:  # (images, info): an image-only proposal
+            images, info = proposal
+            if "triggers" in info or "questions" in info:
+                raise TypeError(f"{self.name}: return Proposal(images, questions=..., triggers=...) to release "
+                                "questions, not 'questions'/'triggers' keys of info")
+            proposal = Proposal(images, info=dict(info))
+        if not isinstance(proposal, Proposal):
+            raise TypeError(f"{self.name}: _protect must return a Proposal, got {type(proposal).__name__}")
+        if len(proposal.images) != len(dataset):
+            raise RuntimeError(f"{self.name}: {len(proposal.images)} proposals for {len(dataset)} samples")
         protected = [s.with_(image=enforce_budget(s.image, p, self.config.eps))
-                     for s, p in zip(dataset, proposals)]
-        if "triggers" in info:
-            protected = self._apply_triggers(dataset, protected, info.pop("questions"), info.pop("triggers"))
+                     for s, p in zip(dataset, proposal.images)]
+        if proposal.triggers is not None:
+            protected = self._apply_triggers(dataset, protected, proposal.questions, proposal.triggers)
         return Protection(
             dataset=dataset.replace_samples(protected, f"{dataset.name}+{self.name}"), source=dataset,
             defense=self.name, config=self.config.to_dict(), surrogates=[s.describe() for s in surrogates],
-            seconds=seconds, info=info)
-
-    _checkpoint_path: Union[str, os.PathLike, None] = None
+            seconds=seconds, info=dict(proposal.info))
 
     def _apply_triggers(self, dataset, protected, questions, triggers):
         """Check each released question is the original with at most ``max_trigger_tokens`` words inserted."""
@@ -190,6 +222,7 @@ class Defense(ABC):
         return out
 
     @abstractmethod
-    def _protect(self, dataset: VQADataset, surrogates: List[Surrogate],
-                 progress: bool) -> Tuple[Sequence[Union[np.ndarray, torch.Tensor]], Dict[str, Any]]:
-        """Propose protected images (float [0, 1] (3, H, W) / (H, W, 3) or uint8) and an info dict."""
+    def _protect(self, dataset: VQADataset, surrogates: List[Surrogate], progress: bool,
+                 checkpoint: Union[str, os.PathLike, None] = None) -> Proposal:
+        """Propose protected images (and questions): a :class:`Proposal`, or ``(images, info)`` when only
+        images change. ``checkpoint`` is the file for per-round state of an iterative defense (None: none)."""

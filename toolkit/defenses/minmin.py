@@ -36,7 +36,7 @@ from ..engine import TrainState, adapted, dataset_pixels, gather, make_generator
 from ..registry import check_choice, check_range
 from ..surrogates.base import LoraSettings
 from ..triggers import hotflip_scores, insert_trigger, words_of
-from .base import Defense, DefenseConfig
+from .base import Defense, DefenseConfig, Proposal
 
 __all__ = ["MinMinDefense", "MinMinConfig", "Perturbation"]
 
@@ -378,14 +378,14 @@ class MinMinDefense(Defense):
                 "loss_after": sum(after) / max(1, len(after))}
 
     # ------------------------------------------------------------------ main loop
-    def _protect(self, dataset, surrogates, progress):
+    def _protect(self, dataset, surrogates, progress, checkpoint=None):
         cfg = self.config
         gen = make_generator(cfg.seed)
         labels, num_classes = answer_classes(list(dataset), cfg.answer_clusters, surrogates, gen)
         pert = Perturbation(list(dataset), labels, num_classes, cfg.granularity, cfg.eps, cfg.init, gen)
         self.setup(pert, surrogates, gen)
         devices = [s.device for s in surrogates]
-        ckpt = RunCheckpoint(self._checkpoint_path,
+        ckpt = RunCheckpoint(checkpoint,
                              fingerprint({"defense": self.name, **cfg.to_dict()}, dataset, surrogates))
         n = len(pert)
         lora = LoraSettings(rank=cfg.lora_rank, alpha=2 * cfg.lora_rank, dropout=cfg.lora_dropout)
@@ -448,10 +448,10 @@ class MinMinDefense(Defense):
                 if converged:
                     break
         info: Dict[str, Any] = {"rounds": len(history), "converged": converged, "history": history}
-        if pert.triggers is not None:
-            info["questions"] = [pert.question(i)[0] for i in range(n)]
-            info["triggers"] = [{"words": list(w), "position": pert.position} for w in pert.triggers]
-        return pert.proposals(), info
+        if pert.triggers is None:
+            return Proposal(pert.proposals(), info=info)
+        return Proposal(pert.proposals(), questions=[pert.question(i)[0] for i in range(n)],
+                        triggers=[{"words": list(w), "position": pert.position} for w in pert.triggers], info=info)
 
     @torch.no_grad()
     def _score(self, surrogates, pert: Perturbation, eval_idx: torch.Tensor) -> Dict[str, float]:

@@ -7,7 +7,7 @@ import torch
 
 from ..engine import make_generator
 from ..registry import check_choice
-from .base import DEFENSES, Defense, DefenseConfig
+from .base import DEFENSES, Defense, DefenseConfig, Proposal
 
 __all__ = ["RandomNoise"]
 
@@ -27,7 +27,7 @@ class RandomNoise(Defense):
             super().__post_init__()
             check_choice("granularity", self.granularity, {"sample", "class"})
 
-    def _protect(self, dataset, surrogates, progress):
+    def _protect(self, dataset, surrogates, progress, checkpoint=None):
         g = make_generator(self.config.seed)
         eps = self.config.eps
         patterns = {}
@@ -39,4 +39,4 @@ class RandomNoise(Defense):
                 patterns[key] = (torch.rand((3, h, w), generator=g) * 2 - 1) * eps
             x = torch.from_numpy(s.image).permute(2, 0, 1).float() / 255.0
             proposals.append((x + patterns[key]).clamp(0, 1))
-        return proposals, {}
+        return Proposal(proposals)
