@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator, Sequence, Tuple
 
 from ..registry import Registry
 
-__all__ = ["Metric", "METRICS", "DEFAULT_METRICS"]
+__all__ = ["Metric", "METRICS", "DEFAULT_METRICS", "aligned_samples"]
 
 METRICS: Registry = Registry("metric")
 #: what a matrix spec measures when it lists no ``metrics``
@@ -34,3 +34,13 @@ class Metric(ABC):
     @abstractmethod
     def __call__(self, a: Any, b: Any) -> float:
         """Compute the metric value."""
+
+
+def aligned_samples(clean: Sequence[Any], released: Sequence[Any]) -> Iterator[Tuple[Any, Any]]:
+    """Yield (clean, released) sample pairs of two non-empty sets of equal length, checking their ids match."""
+    if len(clean) != len(released) or not clean:
+        raise ValueError(f"need two aligned non-empty sets, got {len(clean)} and {len(released)}")
+    for a, b in zip(clean, released):
+        if a.id != b.id:
+            raise ValueError(f"sample ids differ: {a.id!r} vs {b.id!r}")
+        yield a, b

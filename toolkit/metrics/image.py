@@ -11,18 +11,14 @@ from typing import Sequence
 import numpy as np
 
 from ..data import VQASample
-from .base import METRICS, Metric
+from .base import METRICS, Metric, aligned_samples
 
 __all__ = ["PSNR", "SSIM", "LInf", "L2", "paired_images"]
 
 
 def paired_images(clean: Sequence[VQASample], protected: Sequence[VQASample]):
     """Yield (clean uint8, protected uint8) pairs, checking ids and shapes align."""
-    if len(clean) != len(protected) or not clean:
-        raise ValueError(f"need two aligned non-empty sets, got {len(clean)} and {len(protected)}")
-    for a, b in zip(clean, protected):
-        if a.id != b.id:
-            raise ValueError(f"sample ids differ: {a.id!r} vs {b.id!r}")
+    for a, b in aligned_samples(clean, protected):
         if a.image.shape != b.image.shape:
             raise ValueError(f"sample {a.id!r}: shapes differ {a.image.shape} vs {b.image.shape}")
         yield a.image, b.image

@@ -10,7 +10,7 @@ from collections import Counter
 from typing import Dict, Sequence
 
 from ..data import VQASample
-from .base import METRICS, Metric
+from .base import METRICS, Metric, aligned_samples
 
 __all__ = ["TriggerLength", "TriggerEditDistance", "word_edit_distance", "trigger_removal"]
 
@@ -26,15 +26,6 @@ def word_edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
     return prev[-1]
 
 
-def _aligned(clean: Sequence[VQASample], released: Sequence[VQASample]):
-    if len(clean) != len(released) or not clean:
-        raise ValueError(f"need two aligned non-empty sets, got {len(clean)} and {len(released)}")
-    for a, b in zip(clean, released):
-        if a.id != b.id:
-            raise ValueError(f"sample ids differ: {a.id!r} vs {b.id!r}")
-        yield a, b
-
-
 @METRICS.register("trigger_length")
 class TriggerLength(Metric):
     """Mean number of inserted trigger words per released question (0 for samples without a trigger)."""
@@ -43,7 +34,7 @@ class TriggerLength(Metric):
     higher_is_better = False
 
     def __call__(self, clean: Sequence[VQASample], released: Sequence[VQASample]) -> float:
-        lengths = [len((b.meta.get("trigger") or {}).get("words", ())) for _, b in _aligned(clean, released)]
+        lengths = [len((b.meta.get("trigger") or {}).get("words", ())) for _, b in aligned_samples(clean, released)]
         return sum(lengths) / len(lengths)
 
 
@@ -55,7 +46,7 @@ class TriggerEditDistance(Metric):
     higher_is_better = False
 
     def __call__(self, clean: Sequence[VQASample], released: Sequence[VQASample]) -> float:
-        edits = [word_edit_distance(a.question.split(), b.question.split()) for a, b in _aligned(clean, released)]
+        edits = [word_edit_distance(a.question.split(), b.question.split()) for a, b in aligned_samples(clean, released)]
         return sum(edits) / len(edits)
 
 
