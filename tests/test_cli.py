@@ -81,3 +81,19 @@ def test_train_purifier_cli(tmp_path, digits_small, capsys):
     assert rc == 0 and (out / "unet").is_dir() and (out / "scheduler").is_dir()
     assert main(["train-purifier", "--data", str(root / "clean.jsonl"), "--out", str(out), "--quiet"]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_list_prints_every_registered_component_with_its_config(capsys):
+    from toolkit import COUNTERMEASURES, DEFENSES, METRICS
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for heading in ("## defenses", "## countermeasures", "## surrogates", "## metrics", "## datasets"):
+        assert heading in out
+    for name in DEFENSES.names() + COUNTERMEASURES.names() + METRICS.names():
+        assert f"\n{name}: " in out or out.startswith(f"{name}: ")
+    assert main(["list", "countermeasures"]) == 0
+    out = capsys.readouterr().out
+    assert "jpeg: " in out and "quality=" in out and "fit keys: scorer" in out and "## " not in out
+    assert main(["list", "metrics"]) == 0
+    assert "trigger_length: " in capsys.readouterr().out

@@ -190,16 +190,58 @@ def _cmd_data_make(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_data_list(args: argparse.Namespace) -> int:
+def _describe_entry(cls: type) -> str:
+    """``summary`` line plus what configures the class: config fields and defaults, or capabilities / kind."""
     import dataclasses
 
+    summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+    config = getattr(cls, "Config", None)
+    details = []
+    if config is not None and dataclasses.is_dataclass(config):
+        details.append(", ".join(
+            f"{f.name}={f.default!r}" if f.default is not dataclasses.MISSING else
+            (f"{f.name}={f.default_factory()!r}" if f.default_factory is not dataclasses.MISSING else f.name)
+            for f in dataclasses.fields(config)) or "(no config)")
+    if getattr(cls, "capabilities", None):
+        details.append("capabilities: " + ", ".join(sorted(cls.capabilities)))
+    if isinstance(getattr(cls, "kind", None), str):
+        details.append(f"kind: {cls.kind}, " + ("higher is better" if cls.higher_is_better else "lower is better"))
+    if getattr(cls, "needs_fit", False):
+        details.append("fitted on the attacker's clean data; fit keys: " + (", ".join(sorted(cls.fit_keys)) or "none"))
+    return f"{summary}" + "".join(f"\n    {d}" for d in details)
+
+
+def _registries() -> Dict[str, Any]:
+    from .attacks import COUNTERMEASURES
+    from .datasets import DATASETS
+    from .defenses import DEFENSES
+    from .metrics import METRICS
+    from .surrogates import SURROGATES
+
+    return {"defenses": DEFENSES, "countermeasures": COUNTERMEASURES, "surrogates": SURROGATES,
+            "metrics": METRICS, "datasets": DATASETS}
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    _import_plugins(args.plugin)
+    registries = _registries()
+    kinds = [args.kind] if args.kind else list(registries)
+    for kind in kinds:
+        if len(kinds) > 1:
+            print(f"## {kind}")
+        registry = registries[kind]
+        for name in registry.names():
+            print(f"{name}: {_describe_entry(registry.get(name))}")
+        if len(kinds) > 1:
+            print()
+    return 0
+
+
+def _cmd_data_list(args: argparse.Namespace) -> int:
     from .datasets import DATASETS
 
     for name in DATASETS.names():
-        cls = DATASETS.get(name)
-        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        defaults = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Config))
-        print(f"{name}: {summary}\n    {defaults}")
+        print(f"{name}: {_describe_entry(DATASETS.get(name))}")
     return 0
 
 
@@ -325,6 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     purifier.add_argument("--quiet", action="store_true")
     purifier.set_defaults(func=_cmd_train_purifier)
 
+    listing_all = sub.add_parser("list", help="registered defenses, countermeasures, surrogates, metrics and datasets "
+                                              "with their summaries and config defaults")
+    listing_all.add_argument("kind", nargs="?", default=None,
+                             choices=["defenses", "countermeasures", "surrogates", "metrics", "datasets"])
+    listing_all.add_argument("--plugin", action="append", metavar="MODULE", help="import MODULE first (repeatable)")
+    listing_all.set_defaults(func=_cmd_list)
+
     zoo = sub.add_parser("zoo", help="the pretrained tiny model zoo: list, build")
     zoo_sub = zoo.add_subparsers(dest="zoo_command", required=True)
     zoo_list = zoo_sub.add_parser("list", help="each zoo model, where it is and its held-out pretraining scores")
@@ -379,6 +428,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return args.func(args)
+    except BrokenPipeError:  # the reader went away (`mmguard list | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted: every finished stage is cached (and its rows are in rows.jsonl); run the same "
               "command again to resume", file=sys.stderr)
