@@ -1,4 +1,4 @@
-"""The min-min engine: resume, triggers, TUE's separability term, answer clusters, HotFlip."""
+"""The min-min engine: resume, trigger passes, TUE's separability term, answer clusters."""
 import numpy as np
 import pytest
 import torch
@@ -9,7 +9,7 @@ from toolkit.checkpoint import CheckpointMismatch
 from toolkit.defenses.minmin import MinMinDefense, Perturbation, answer_classes
 from toolkit.defenses.tue import class_separability
 from toolkit.engine import make_generator
-from toolkit.triggers import admissible_vocabulary, hotflip_scores, insert_trigger
+from toolkit.triggers import admissible_vocabulary, insert_trigger
 
 SMALL = {"rounds": 3, "train_steps": 2, "pgd_steps": 2, "batch_size": 8, "pgd_batch_size": 8, "eval_size": 8,
          "stop_accuracy": 1.0, "stop_clean_accuracy": 0.0}
@@ -103,37 +103,6 @@ def test_trigger_pass_never_increases_the_loss(data, llava):
         pert.triggers = before
         old = llava.loss(px, pert.batch_samples(torch.arange(len(data)))[0]).mean()
     assert new < old
-
-
-def test_insert_trigger_positions():
-    q = "What digit is shown?"
-    assert insert_trigger(q, ["zebra", "lamp"], "start")[0] == "zebra lamp What digit is shown?"
-    assert insert_trigger(q, ["zebra"], "end")[0] == "What digit is shown? zebra"
-    text, span, words = insert_trigger(q, ["zebra"], 2)
-    assert text == "What digit zebra is shown?" and text[span[0]:span[1]] == "zebra"
-    assert insert_trigger(q, [], "start") == (q, None, [])
-    with pytest.raises(ValueError, match="inadmissible"):
-        insert_trigger(q, ["ze3ra"], "start")
-    with pytest.raises(ValueError, match="position"):
-        insert_trigger(q, ["zebra"], "middle")
-
-
-def test_admissible_vocabulary_excludes_special_digits_punctuation(llava):
-    vocab = admissible_vocabulary(llava.tokenizer)
-    assert len(vocab) > 20
-    for tid, word in zip(vocab.ids.tolist(), vocab.words):
-        assert llava.tokenizer.decode([tid]) == " " + word and word.isalpha() and word.isascii()
-        assert tid not in llava.tokenizer.all_special_ids
-
-
-def test_hotflip_scores_first_order():
-    emb = torch.randn(6, 4)
-    from toolkit.triggers import Vocabulary
-    vocab = Vocabulary(torch.tensor([1, 3, 5]), ("a", "b", "c"))
-    grad, current = torch.randn(2, 4), emb[[0, 2]]
-    scores = hotflip_scores(grad, current, emb, vocab)
-    expected = torch.stack([(emb[[1, 3, 5]] - current[i]) @ grad[i] for i in range(2)])
-    assert torch.allclose(scores, expected, atol=1e-5)
 
 
 def test_class_separability_hand_computed():

@@ -1,6 +1,5 @@
-"""MMGuard: attention-mass maths, binding losses moving attention, CRS sign, triggers, release."""
+"""MMGuard: binding losses moving attention, CRS sign, -Max variants, triggers in the release."""
 import json
-import math
 
 import numpy as np
 import pytest
@@ -8,7 +7,6 @@ import torch
 
 from toolkit import DEFENSES
 from toolkit.surrogates.base import CapabilityError
-from toolkit.attention import align_to_protected, attention_rows, mass_loss
 from toolkit.defenses.minmin import Perturbation, answer_classes
 from toolkit.defenses.mmguard import MMGUARD_VARIANTS, MMGuard
 from toolkit.engine import gather, make_generator
@@ -20,48 +18,6 @@ from toolkit.triggers import admissible_vocabulary
 def test_every_variant_registered():
     assert {f"mmguard_{v}" for v in MMGUARD_VARIANTS} <= set(DEFENSES.names())
     assert len(MMGUARD_VARIANTS) == 7
-
-
-def test_l_mass_hand_computed():
-    att = torch.zeros(1, 2, 3, 3)
-    att[0, 0, 2] = torch.tensor([0.5, 0.25, 0.25])
-    att[0, 1, 2] = torch.tensor([0.5, 0.25, 0.25])
-    layer2 = torch.zeros(1, 1, 3, 3)
-    layer2[0, 0, 2] = torch.tensor([0.1, 0.1, 0.8])
-    source = torch.tensor([[False, False, True]])
-    target = torch.tensor([[True, True, False]])
-    # layer 1: KL(U_{0,1} || [.5,.25,.25]) = .5 log(.5/.5) + .5 log(.5/.25) = .5 log 2
-    # layer 2: .5 log(.5/.1) * 2 = log 5
-    expected = (0.5 * math.log(2) + math.log(5)) / 2
-    assert mass_loss([att, layer2], source, target).item() == pytest.approx(expected, rel=1e-5)
-    # uniform attention over R gives 0
-    uni = torch.zeros(1, 1, 3, 3)
-    uni[0, 0, 2] = torch.tensor([0.5, 0.5, 0.0])
-    assert mass_loss([uni], source, target).item() == pytest.approx(0.0, abs=1e-6)
-
-
-def test_attention_rows_average_heads_and_sources():
-    att = torch.rand(2, 3, 4, 4).softmax(-1)
-    source = torch.tensor([[True, False, True, False], [False, False, False, True]])
-    rows = attention_rows(att, source)
-    assert torch.allclose(rows[0], att[0].mean(0)[[0, 2]].mean(0), atol=1e-6)
-    assert torch.allclose(rows[1], att[1].mean(0)[3], atol=1e-6)
-    assert torch.allclose(rows.sum(1), torch.ones(2), atol=1e-5)
-
-
-def test_align_zero_pads_trigger_positions():
-    clean = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
-    c_ids = torch.tensor([[1, 2, 3, 4]])
-    p_ids = torch.tensor([[1, 9, 9, 2, 3, 4, 0]])  # trigger at 1-2, one pad
-    valid_c = torch.ones(1, 4, dtype=torch.bool)
-    valid_p = torch.tensor([[True] * 6 + [False]])
-    trig = torch.tensor([[False, True, True, False, False, False, False]])
-    out = align_to_protected(clean, c_ids, valid_c, p_ids, valid_p, trig)
-    assert torch.allclose(out, torch.tensor([[0.1, 0.0, 0.0, 0.2, 0.3, 0.4, 0.0]]))
-    # a token re-tokenised next to the trigger (2 -> 7) still maps in order
-    p_ids2 = torch.tensor([[1, 9, 9, 7, 3, 4, 0]])
-    out2 = align_to_protected(clean, c_ids, valid_c, p_ids2, valid_p, trig)
-    assert torch.allclose(out2, out)
 
 
 def _setup(name, data, surrogate, **cfg):
@@ -184,17 +140,6 @@ def test_bph_needs_image_attention(digits_small, llava):
     blind.__dict__.update(llava.__dict__)
     with pytest.raises(CapabilityError, match="image_attention"):
         DEFENSES.create("mmguard_bph", rounds=1).protect(digits_small[0][:4], [blind])
-
-
-def test_vocabulary_exclusions(llava):
-    from toolkit.triggers import Vocabulary
-
-    vocab = llava.trigger_vocabulary()
-    assert "ASSISTANT" not in vocab.words and "USER" not in vocab.words
-    small = Vocabulary(torch.tensor([1, 2, 3]), ("Seven", "lamp", "zebra"))
-    assert small.without({"seven"}).words == ("lamp", "zebra")
-    with pytest.raises(ValueError, match="excluded"):
-        small.without({"seven", "LAMP", "zebra"})
 
 
 def test_text_variant_leaves_images_untouched(digits_small, llava):
