@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -64,3 +65,76 @@ def test_tampered_release_detected(tmp_path, protection):
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(out / "images" / "000000.png")
     with pytest.raises(ReleaseError, match="sha256"):
         read_release(out)
+
+
+def _rewrite(release, rel, mutate):
+    """Change one file of a release and re-sign it in the manifest (so only the content checks can catch it)."""
+    import hashlib
+
+    path = release / rel
+    mutate(path)
+    manifest = json.loads((release / "manifest.json").read_text())
+    manifest["files"][rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (release / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_verify_checks_files_budget_answers_and_questions(tmp_path, digits_small):
+    from PIL import Image
+
+    from toolkit.cli import main
+    from toolkit.defenses import DEFENSES
+    from toolkit.release import ReleaseError, verify_release
+
+    data = tmp_path / "data"
+    (data / "img").mkdir(parents=True)
+    records = []
+    for i, s in enumerate(list(digits_small[0])[:6]):
+        Image.fromarray(s.image).save(data / "img" / f"{i}.png")
+        records.append({"id": s.id, "image": f"img/{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\n" + s.question}, {"from": "gpt", "value": s.answer}]})
+    (data / "train.json").write_text(json.dumps(records))
+    from toolkit.data import load_dataset
+
+    release = tmp_path / "release"
+    write_release(DEFENSES.create("random_noise", eps=8 / 255).protect(load_dataset(data / "train.json")), release)
+    summary = verify_release(release, data / "train.json")
+    assert summary["samples"] == 6 and 0 < summary["max_change_levels"] <= 8 == summary["eps_levels"]
+    assert main(["verify", str(release), "--source", str(data / "train.json")]) == 0
+
+    def brighten(path):
+        img = np.asarray(Image.open(path)).copy()
+        v = img[0, 0].astype(int)
+        img[0, 0] = np.where(v > 127, v - 60, v + 60).astype(np.uint8)
+        Image.fromarray(img).save(path)
+
+    for rel, mutate, message in [
+        ("images/000000.png", brighten, "changed by .* grey levels, over the budget of 8"),
+        ("data.jsonl", lambda p: p.write_text(p.read_text().replace("What digit", "Which digit", 1)),
+         "is not the source's .* with at most 0 words inserted"),
+        ("data.jsonl", lambda p: p.write_text(p.read_text().replace('"What digit', '"zebra What digit', 1)),
+         "at most 0 words inserted"),
+    ]:
+        broken = tmp_path / f"broken-{message[:6].replace(' ', '')}"
+        shutil.copytree(release, broken)
+        _rewrite(broken, rel, mutate)
+        with pytest.raises(ReleaseError, match=message):
+            verify_release(broken, data / "train.json")
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(release, unsigned)
+    (unsigned / "data.jsonl").write_text((unsigned / "data.jsonl").read_text().replace("What", "Whot", 1))
+    with pytest.raises(ReleaseError, match="sha256 mismatch"):
+        verify_release(unsigned, data / "train.json")
+    assert main(["verify", str(unsigned), "--source", str(data / "train.json")]) == 2
+
+
+def test_inserted_words_finds_one_inserted_block_only():
+    from toolkit.release import inserted_words
+
+    src = "What digit is this ?".split()
+    assert inserted_words(src, "zebra lamp What digit is this ?".split()) == ["zebra", "lamp"]
+    assert inserted_words(src, "What digit zebra is this ?".split()) == ["zebra"]
+    assert inserted_words(src, "What digit is this ? zebra".split()) == ["zebra"]
+    assert inserted_words(src, src) == []
+    assert inserted_words(src, "What number is this ?".split()) is None
+    assert inserted_words(src, "zebra What digit is lamp this ?".split()) is None
+    assert inserted_words(src, "What is this ?".split()) is None

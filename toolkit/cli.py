@@ -122,6 +122,16 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .release import verify_release
+
+    r = verify_release(args.release, args.source)
+    print(f"verified {r['samples']} samples of {args.release}: files match the manifest; largest pixel change "
+          f"{r['max_change_levels']}/255 <= budget {r['eps_levels']}/255; answers unchanged; "
+          f"{r['questions_with_trigger']} questions carry an inserted trigger (longest {r['longest_trigger']} words)")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .reports import aggregate, format_markdown, read_rows, write_reports
 
@@ -366,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     purifier.add_argument("--overwrite", action="store_true")
     purifier.add_argument("--quiet", action="store_true")
     purifier.set_defaults(func=_cmd_train_purifier)
+
+    verify = sub.add_parser("verify", help="check a release against the source data: files, budget, answers, triggers")
+    verify.add_argument("release", help="the release folder (from `mmguard protect`)")
+    verify.add_argument("--source", required=True, help="the owner's source dataset (.json LLaVA-style or .jsonl)")
+    verify.set_defaults(func=_cmd_verify)
 
     listing_all = sub.add_parser("list", help="registered defenses, countermeasures, surrogates, metrics and datasets "
                                               "with their summaries and config defaults")

@@ -14,11 +14,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .data import DataError, VQADataset, load_jsonl
 
-__all__ = ["write_release", "read_release", "check_release_target", "package_versions", "sha256_file", "ReleaseError"]
+__all__ = ["write_release", "read_release", "verify_release", "inserted_words", "check_release_target", "package_versions", "sha256_file",
+           "ReleaseError"]
 
 PathLike = Union[str, os.PathLike]
 _PACKAGES = ("torch", "torchvision", "transformers", "peft", "timm", "open_clip_torch", "numpy", "Pillow",
@@ -141,3 +142,68 @@ def read_release(path: PathLike, verify: bool = True) -> VQADataset:
             if not target.is_file() or sha256_file(target) != digest:
                 raise ReleaseError(f"{target}: missing or modified (sha256 mismatch with manifest)")
     return load_jsonl(path / "data.jsonl", name=f"release:{manifest.get('defense')}")
+
+
+def inserted_words(source: Sequence[str], released: Sequence[str]) -> Optional[List[str]]:
+    """The words inserted as one block into ``source`` to give ``released``, or None when it is not such an
+    insertion (words changed, removed or inserted in two places)."""
+    if len(released) < len(source):
+        return None
+    prefix = 0
+    while prefix < len(source) and source[prefix] == released[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < len(source) - prefix and source[-1 - suffix] == released[-1 - suffix]:
+        suffix += 1
+    if prefix + suffix != len(source):
+        return None
+    return list(released[prefix:len(released) - suffix])
+
+
+def verify_release(release: PathLike, source: PathLike) -> Dict[str, Any]:
+    """Check a release folder against the owner's source data; raise :class:`ReleaseError` at the first failure.
+
+    Checks: every file's sha256 against the manifest; the same sample ids as the source; each image
+    re-read from its PNG has the source's size and differs from it by at most ``eps_levels`` grey
+    levels (the manifest's L_inf budget, 8/255 -> 8); each answer is the source's; each question is the
+    source's with at most ``max_trigger_tokens`` words (the defense config; 0 without triggers) inserted
+    as one block. Returns a summary: samples, the largest change in grey levels, questions with a trigger
+    and the longest trigger.
+    """
+    import numpy as np
+
+    from .data import load_dataset
+
+    release = Path(release)
+    released = read_release(release)  # sha256 of every file
+    manifest = json.loads((release / "manifest.json").read_text(encoding="utf-8"))
+    levels = manifest.get("eps_levels")
+    if not isinstance(levels, int):
+        raise ReleaseError(f"{release}/manifest.json: no integer eps_levels")
+    max_words = int((manifest.get("config") or {}).get("max_trigger_tokens") or 0)
+    src = {s.id: s for s in load_dataset(source)}
+    ids = [s.id for s in released]
+    if set(ids) != set(src) or len(ids) != len(src):
+        missing, extra = sorted(set(src) - set(ids))[:3], sorted(set(ids) - set(src))[:3]
+        raise ReleaseError(f"{release}: sample ids differ from the source (missing {missing}, unknown {extra})")
+    largest, triggered, longest = 0, 0, 0
+    for s in released:
+        o = src[s.id]
+        if s.image.shape != o.image.shape:
+            raise ReleaseError(f"{release}: sample {s.id!r}: image {s.image.shape} but the source is {o.image.shape}")
+        change = int(np.abs(s.image.astype(np.int16) - o.image.astype(np.int16)).max())
+        if change > levels:
+            raise ReleaseError(f"{release}: sample {s.id!r}: a pixel changed by {change} grey levels, over the "
+                               f"budget of {levels} ({levels}/255)")
+        largest = max(largest, change)
+        if s.answer != o.answer:
+            raise ReleaseError(f"{release}: sample {s.id!r}: answer {s.answer!r} differs from the source's {o.answer!r}")
+        words = inserted_words(o.question.split(), s.question.split())
+        if words is None or len(words) > max_words:
+            raise ReleaseError(f"{release}: sample {s.id!r}: question {s.question!r} is not the source's "
+                               f"{o.question!r} with at most {max_words} words inserted")
+        if words:
+            triggered += 1
+            longest = max(longest, len(words))
+    return {"samples": len(released), "max_change_levels": largest, "eps_levels": levels,
+            "questions_with_trigger": triggered, "longest_trigger": longest}
