@@ -97,3 +97,31 @@ def test_list_prints_every_registered_component_with_its_config(capsys):
     assert "jpeg: " in out and "quality=" in out and "fit keys: scorer" in out and "## " not in out
     assert main(["list", "metrics"]) == 0
     assert "trigger_length: " in capsys.readouterr().out
+
+
+def test_a_checkpoint_without_chat_template_uses_the_family_format_or_the_users(user_data, tmp_path, caplog):
+    import shutil
+
+    from toolkit.surrogates import load_surrogate
+    from toolkit.surrogates.tiny import build_tiny
+
+    bare = tmp_path / "bare-llava"
+    shutil.copytree(build_tiny("llava", tmp_path / "llava", seed=0), bare)
+    (bare / "chat_template.jinja").unlink()
+    with caplog.at_level("WARNING"):
+        model = load_surrogate(bare)
+        assert model.prompt_text("What digit is this?") == "USER: <image>\nWhat digit is this? ASSISTANT:"
+    assert "has no chat template; using the llava prompt format" in caplog.text
+    own = load_surrogate(bare, prompt_template="Q: {image} {question} A:")
+    assert own.prompt_text("Why?") == "Q: <image> Why? A:"
+    with pytest.raises(ValueError, match=r"\{image\} and \{question\} once each"):
+        load_surrogate(bare, prompt_template="{question} only")
+    rc = main(["protect", "--defense", "emn", "--surrogate", str(bare), "--data", str(user_data), "--out",
+               str(tmp_path / "release"), "--quiet", "--set", "rounds=1", "--set", "train_steps=1",
+               "--set", "pgd_steps=1", "--set", "eval_size=4"])
+    assert rc == 0 and (tmp_path / "release" / "manifest.json").is_file()
+    qwen3 = tmp_path / "bare-qwen3"
+    shutil.copytree(build_tiny("qwen3_vl", tmp_path / "qwen3", seed=0), qwen3)
+    (qwen3 / "chat_template.jinja").unlink()
+    with pytest.raises(ValueError, match="no chat template .* --prompt-template"):
+        load_surrogate(qwen3).prompt_text("Why?")

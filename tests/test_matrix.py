@@ -379,3 +379,15 @@ def test_bad_shard_arguments_are_named(text):
 
     with pytest.raises(ValueError, match="--shard"):
         parse_shard(text)
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"path": "ckpt", "prompt_template": "no fields"}, r"models\.v\.prompt_template: prompt template must contain"),
+    ({"path": "ckpt", "prompt": "x"}, r"models\.v: unknown keys \['prompt'\] for a path model"),
+])
+def test_path_models_take_a_checked_prompt_template(model, message):
+    with pytest.raises(MatrixError, match=message):
+        MatrixSpec.from_dict({"models": {"v": model}, "victims": ["v"]})
+    ok = MatrixSpec.from_dict({"models": {"v": {"path": "ckpt", "prompt_template": "{image} {question}"}},
+                               "victims": ["v"]})
+    assert ok.models["v"]["prompt_template"] == "{image} {question}"

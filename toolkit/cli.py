@@ -68,7 +68,9 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     defense = DEFENSES.create(args.defense, **config)  # validates name and config before any loading
     dataset = load_dataset(args.data)
     out = check_release_target(args.out, dataset, args.overwrite)  # before the expensive part
-    surrogates = [load_surrogate(p, device=args.device, dtype=args.dtype) for p in args.surrogate or []]
+    # a typed "\n" (shell quotes keep it literal) means a newline
+    extra = {"prompt_template": args.prompt_template.replace("\\n", "\n")} if args.prompt_template is not None else {}
+    surrogates = [load_surrogate(p, device=args.device, dtype=args.dtype, **extra) for p in args.surrogate or []]
     if args.weights is not None:
         from .surrogates import Ensemble
 
@@ -335,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--threads", type=int, default=0,
                        help="torch CPU threads (0 = torch's default; set it when several jobs share the cores)")
     protect.add_argument("--quiet", action="store_true")
+    protect.add_argument("--prompt-template", default=None, metavar="TEXT",
+                         help="prompt format for checkpoints without a chat template: {image} and {question} once "
+                              "each, e.g. 'USER: {image}\\n{question} ASSISTANT:' (default: the checkpoint's chat "
+                              "template, else the family's documented format)")
     protect.add_argument("--plugin", action="append", metavar="MODULE",
                          help="import MODULE (a module name or a .py file) first, e.g. for a defense of your own")
     protect.set_defaults(func=_cmd_protect)

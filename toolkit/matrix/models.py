@@ -80,4 +80,6 @@ class ModelStore:
 
     def load(self, name: str, folder: Optional[Path] = None):
         """A fresh surrogate of model ``name`` (from ``folder`` instead when given: a pretrained copy)."""
-        return load_surrogate(folder or self.folder(name), device=self.device, dtype=self.dtype)
+        extra = {"prompt_template": self.spec.models[name]["prompt_template"]} \
+            if "prompt_template" in self.spec.models[name] else {}
+        return load_surrogate(folder or self.folder(name), device=self.device, dtype=self.dtype, **extra)

@@ -23,6 +23,7 @@ from ..defenses import DEFENSES
 from ..digits import TASKS
 from ..metrics import DEFAULT_METRICS, METRICS
 from ..registry import import_plugin
+from ..surrogates import check_prompt_template
 from ..zoo import ZOO
 
 __all__ = ["ZERO_SHOT", "MatrixSpec", "DefenseSpec", "CountermeasureSpec", "MatrixError", "load_spec", "data_source",
@@ -94,6 +95,15 @@ class MatrixSpec:
         for key, m in models.items():
             if not isinstance(m, dict) or sum(k in m for k in ("tiny", "path", "zoo")) != 1:
                 raise MatrixError(f"models.{key}: give exactly one of 'tiny: FAMILY', 'zoo: NAME' or 'path: FOLDER'")
+            if "path" in m:
+                extra = sorted(set(m) - {"path", "prompt_template"})
+                if extra:
+                    raise MatrixError(f"models.{key}: unknown keys {extra} for a path model; valid: path, prompt_template")
+                if "prompt_template" in m:
+                    try:
+                        check_prompt_template(m["prompt_template"])
+                    except (TypeError, ValueError) as exc:
+                        raise MatrixError(f"models.{key}.prompt_template: {exc}") from None
             if "zoo" in m:
                 if m["zoo"] not in ZOO or set(m) != {"zoo"}:
                     raise MatrixError(f"models.{key}.zoo: one of {sorted(ZOO)} and no other keys, got {m!r}")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from .base import CAPABILITIES, CapabilityError, Surrogate
-from .hf_lvlm import ForwardResult, HFVisionLanguageSurrogate, LoraSettings, TokenBatch
+from .hf_lvlm import ForwardResult, HFVisionLanguageSurrogate, LoraSettings, TokenBatch, check_prompt_template
 from .registry import SURROGATES
 
 for _info in pkgutil.iter_modules(__path__):
@@ -27,7 +27,7 @@ from .ensemble import Ensemble  # noqa: E402
 from .llava import LlavaSurrogate  # noqa: E402
 
 __all__ = ["SURROGATES", "Surrogate", "CapabilityError", "CAPABILITIES", "HFVisionLanguageSurrogate",
-           "LoraSettings", "TokenBatch", "ForwardResult", "LlavaSurrogate", "Ensemble", "load_surrogate",
+           "LoraSettings", "TokenBatch", "check_prompt_template", "ForwardResult", "LlavaSurrogate", "Ensemble", "load_surrogate",
            "model_type_of"]
 
 #: marker files of non-transformers layouts -> registry name

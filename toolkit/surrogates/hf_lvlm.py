@@ -77,6 +77,16 @@ class ForwardResult:
     batch: "TokenBatch"
 
 
+def check_prompt_template(template: str) -> None:
+    """A prompt template holds ``{image}`` and ``{question}`` exactly once each (and no other fields)."""
+    import string
+
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    if sorted(fields) != ["image", "question"]:
+        raise ValueError(f"prompt template must contain {{image}} and {{question}} once each and no other "
+                         f"{{...}} fields, got {template!r}")
+
+
 class HFVisionLanguageSurrogate(Surrogate):
     """Base of transformers LVLM surrogates (loaded with ``from_pretrained`` from a local folder)."""
 
@@ -87,6 +97,18 @@ class HFVisionLanguageSurrogate(Surrogate):
     #: substring naming the multimodal projector's parameters.
     projector_key = "multi_modal_projector"
     model_class: str = "AutoModelForImageTextToText"
+    #: the family's documented single-turn prompt, used when a checkpoint ships no chat template:
+    #: ``{image}`` = the processor's image placeholder, ``{question}`` = the question (None: no default)
+    default_prompt_template: Optional[str] = None
+
+    def __init__(self, path: Union[str, os.PathLike], *, prompt_template: Optional[str] = None,
+                 **kwargs: Any) -> None:
+        """``prompt_template``: override the prompt format (``{image}`` and ``{question}`` once each), e.g. for a
+        checkpoint without a chat template; other arguments as :class:`~toolkit.surrogates.base.Surrogate`."""
+        if prompt_template is not None:
+            check_prompt_template(prompt_template)
+        self.prompt_template = prompt_template
+        super().__init__(path, **kwargs)
 
     # ----------------------------------------------------------------- loading
     def _load(self) -> torch.nn.Module:
@@ -162,9 +184,27 @@ class HFVisionLanguageSurrogate(Surrogate):
 
     # ----------------------------------------------------------------- text
     def prompt_text(self, question: str) -> str:
-        """The chat-formatted prompt (with one image placeholder) ending where the answer starts."""
+        """The prompt (with one image placeholder) ending where the answer starts: the user's
+        ``prompt_template``, else the checkpoint's chat template, else the family's documented format."""
+        template = self.prompt_template or self._fallback_template()
+        if template is not None:
+            return template.format(image=self.processor.image_token, question=question)
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _fallback_template(self) -> Optional[str]:
+        """None when the checkpoint has a chat template; else the family's default (said once in the log)."""
+        if getattr(self.processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None):
+            return None
+        if self.default_prompt_template is None:
+            raise ValueError(f"{self.path} has no chat template and family {self.family!r} has no documented "
+                             "default prompt; give one with --prompt-template (spec: models.NAME.prompt_template), "
+                             "e.g. 'USER: {image}\\n{question} ASSISTANT:'")
+        if not getattr(self, "_fallback_said", False):
+            log.warning("%s has no chat template; using the %s prompt format %r (override with --prompt-template)",
+                        self.path, self.family, self.default_prompt_template)
+            self._fallback_said = True
+        return self.default_prompt_template
 
     def answer_text(self, answer: str) -> str:
         """Text of the answer as appended after the prompt (a leading space by default)."""

@@ -28,6 +28,7 @@ class LlavaSurrogate(HFVisionLanguageSurrogate):
 
     family = "llava"
     model_class = "LlavaForConditionalGeneration"
+    default_prompt_template = "USER: {image}\n{question} ASSISTANT:"  # LLaVA-1.5's conversation format
 
     def _setup(self, model: torch.nn.Module) -> None:
         self.image_processor = DifferentiableClipProcessor.from_hf(self.processor.image_processor)

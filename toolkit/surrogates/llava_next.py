@@ -64,6 +64,7 @@ class LlavaNextSurrogate(HFVisionLanguageSurrogate):
     """
 
     family = "llava_next"
+    default_prompt_template = "USER: {image}\n{question} ASSISTANT:"  # the Vicuna-based LLaVA-NeXT format
     model_class = "LlavaNextForConditionalGeneration"
 
     def _setup(self, model: torch.nn.Module) -> None:

@@ -228,6 +228,8 @@ class QwenVLSurrogate(PatchMergeSurrogate):
 
     family = "qwen2_vl"
     model_class = "Qwen2VLForConditionalGeneration"
+    default_prompt_template = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                               "<|vision_start|>{image}<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n")
 
 
 @SURROGATES.register("qwen2_5_vl")
