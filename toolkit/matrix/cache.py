@@ -39,7 +39,8 @@ def _exclusive(path: Path) -> Iterator[None]:
 class StageCache:
     """Stage outputs under ``root/STAGE/KEY/`` with a ``done.json`` written last; a killed run leaves only
     ``.tmp`` folders, which the next run discards. Several processes may share one cache: an entry is
-    built under a per-key lock, and a process that waited for it reuses what the other one built."""
+    built under a per-key lock (``root/.locks/STAGE/KEY.lock``), and a process that waited for it reuses
+    what the other one built."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -61,7 +62,9 @@ class StageCache:
         key's lock, an entry another process finished meanwhile is returned instead of rebuilt)."""
         final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        with _exclusive(final.with_name(final.name + ".lock")):
+        lock = self.root / ".locks" / stage / f"{key}.lock"  # beside, not inside, the stage's entries
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive(lock):
             if self.has(stage, key):
                 return self.meta(stage, key)
             tmp = final.with_name(final.name + ".tmp")
