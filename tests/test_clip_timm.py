@@ -270,7 +270,7 @@ def test_min_min_defenses_run_on_both(folders):
     mem = DEFENSES.create("mem", **fast, max_trigger_tokens=2, trigger_candidates=2, trigger_rounds=1)
     protected = mem.protect(data, load_surrogate(folders["open_clip"]))
     assert len(protected.dataset) == len(data)
-    stats = mem._last_trigger_stats  # HotFlip screen + exact verification never increases the loss
-    assert stats["loss_after"] <= stats["loss_before"] + 1e-6
+    stats = protected.info["history"][-1]  # HotFlip screen + exact verification never increases the loss
+    assert stats["trigger_loss_after"] <= stats["trigger_loss_before"] + 1e-6
     emn = DEFENSES.create("emn", **fast)
     assert len(emn.protect(data, load_surrogate(folders["timm"])).dataset) == len(data)

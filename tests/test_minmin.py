@@ -6,7 +6,7 @@ import torch
 from toolkit import DEFENSES
 from toolkit.surrogates.base import CapabilityError
 from toolkit.checkpoint import CheckpointMismatch
-from toolkit.defenses.minmin import MinMinDefense, Perturbation, answer_classes
+from toolkit.defenses.minmin import MinMinDefense, answer_classes
 from toolkit.defenses.tue import class_separability
 from toolkit.engine import make_generator
 from toolkit.triggers import admissible_vocabulary, insert_trigger
@@ -87,13 +87,12 @@ def test_mem_triggers_admissible_and_within_length(data, llava):
 
 def test_trigger_pass_never_increases_the_loss(data, llava):
     defense = DEFENSES.create("mem", **{**SMALL, **EXTRA["mem"], "max_trigger_tokens": 2, "trigger_candidates": 8})
-    gen = make_generator(0)
-    labels, c = answer_classes(list(data), 0, [llava], gen)
-    pert = Perturbation(list(data), labels, c, "sample", 8 / 255, "zeros", gen)
-    defense.setup(pert, [llava], gen)
+    run = defense.begin(data, [llava])
+    pert = run.pert
     before = [list(t) for t in pert.triggers]
     with llava.frozen():
-        stats = defense.trigger_pass([llava], pert, torch.arange(len(data)), candidates=8, batch_size=16)
+        stats = defense.trigger_pass(run, torch.arange(len(data)), candidates=8, batch_size=16)
+    assert run.stats["trigger_changed"] == stats["changed"]  # recorded for the round's history
     assert stats["loss_after"] <= stats["loss_before"] + 1e-6
     assert stats["changed"] > 0 and pert.triggers != before
     # verify on fresh forwards that the new triggers really lower the answer loss
@@ -150,3 +149,13 @@ def test_capability_error_names_missing(data, llava):
     blind.__dict__.update(llava.__dict__)
     with pytest.raises(CapabilityError, match="token_grad|text"):
         DEFENSES.create("mem", **SMALL).protect(data, [blind])
+
+
+@pytest.mark.parametrize("name", ["mem", "mmguard_crs"])
+def test_hooks_keep_no_run_state_on_the_defense(name, data, llava):
+    """Hooks receive the run (MinMinRun); after a protection the defense holds only its settings."""
+    defense = DEFENSES.create(name, **{**SMALL, "rounds": 1, "max_trigger_tokens": 2, "trigger_candidates": 2})
+    before = set(vars(defense))
+    out = defense.protect(data, [llava])
+    assert set(vars(defense)) == before
+    assert "trigger_changed" in out.info["history"][0]  # the trigger pass's counts land in the history

@@ -7,7 +7,7 @@ import torch
 
 from toolkit import DEFENSES
 from toolkit.surrogates.base import CapabilityError
-from toolkit.defenses.minmin import Perturbation, answer_classes
+from toolkit.defenses.minmin import MinMinRun, Perturbation, answer_classes
 from toolkit.defenses.mmguard import MMGUARD_VARIANTS, MMGuard
 from toolkit.engine import gather, make_generator
 from toolkit.metrics import mechanism_metrics
@@ -22,11 +22,8 @@ def test_every_variant_registered():
 
 def _setup(name, data, surrogate, **cfg):
     defense = DEFENSES.create(name, **{"max_trigger_tokens": 2, "pgd_batch_size": 16, **cfg})
-    gen = make_generator(0)
-    labels, c = answer_classes(list(data), 0, [surrogate], gen)
-    pert = Perturbation(list(data), labels, c, "sample", defense.config.eps, defense.config.init, gen)
-    defense.setup(pert, [surrogate], gen)
-    return defense, pert, gen
+    run = defense.begin(data, [surrogate])
+    return defense, run.pert, run
 
 
 def _released(pert):
@@ -41,12 +38,13 @@ def _released(pert):
 
 def test_bph_moves_attention_mass_toward_targets(digits_small, llava):
     data = list(digits_small[0][:8])
-    defense, pert, gen = _setup("mmguard_bph", data, llava, lambda_train=0.0, pgd_steps=10, tau_delta=0.25)
+    defense, pert, run = _setup("mmguard_bph", data, llava, lambda_train=0.0, pgd_steps=10, tau_delta=0.25)
     with llava.frozen():
         before = mechanism_metrics(llava, data, _released(pert), tau_delta=0.25)
-        defense.image_step([llava], pert, gen)  # the image step moves answer and trigger mass to Omega_delta
+        defense.image_step(run)  # the image step moves answer and trigger mass to Omega_delta
         mid = mechanism_metrics(llava, data, _released(pert), tau_delta=0.25)
-        defense.trigger_pass([llava], pert, torch.arange(len(data)), 16, loss_fn=defense._loss_fn, batch_size=16)
+        run.new_step()
+        defense.trigger_pass(run, torch.arange(len(data)), 16, batch_size=16)  # on l_joint (trigger_objective)
         after = mechanism_metrics(llava, data, _released(pert), tau_delta=0.25)  # the trigger pass: to Omega_gamma
     assert mid["mass_answer_to_perturbation"][0] > before["mass_answer_to_perturbation"][0]
     assert mid["mass_trigger_to_perturbation"][0] > before["mass_trigger_to_perturbation"][0]
@@ -70,11 +68,13 @@ def test_crs_increases_tv_and_flipped_sign_decreases_it(digits_small, llava):
     gen = make_generator(0)
     labels, c = answer_classes(data, 0, [llava], gen)
     pert = Perturbation(data, labels, c, "sample", crs.config.eps, "zeros", gen)
+    run = MinMinRun([llava], pert, gen)
     with llava.frozen():
         start = mechanism_metrics(llava, data, _released(pert))["tv"]
-        crs.image_step([llava], pert, gen)
+        crs.image_step(run)
         pushed = mechanism_metrics(llava, data, _released(pert))["tv"]
-        flipped.image_step([llava], pert, gen)
+        run.new_step()
+        flipped.image_step(run)
         pulled = mechanism_metrics(llava, data, _released(pert))["tv"]
     assert start == pytest.approx(0.0, abs=1e-6)  # no delta, no trigger: same routing
     assert pushed > 1e-4
@@ -85,7 +85,7 @@ def test_crs_memoised_clean_pass_gives_the_same_loss(digits_small, llava):
     """Inside a step CRS reuses each sample's clean pass across batches of any composition (a trigger pass
     verifies many candidates per sample); the loss must equal the one computed from a fresh clean pass."""
     data = list(digits_small[0][:6])
-    defense, pert, gen = _setup("mmguard_crs", data, llava)
+    defense, pert, _ = _setup("mmguard_crs", data, llava)
     items = [0, 3, 3, 5, 1, 0]  # repeated items, as in a batch of trigger candidates
     idx = torch.tensor(items)
     samples, spans = pert.batch_samples(idx)
@@ -93,11 +93,12 @@ def test_crs_memoised_clean_pass_gives_the_same_loss(digits_small, llava):
     pixels = pert.pixels(idx)
     with llava.frozen():
         fresh, _ = defense.joint_loss(llava, pixels, samples, spans, pert.deltas(idx), x, clean)
-        defense._clean_memo = {}
+        memo = {}
         defense.joint_loss(llava, pixels[:2], samples[:2], spans[:2], pert.deltas(idx[:2]), x[:2], clean[:2],
-                           items=items[:2])  # fills the memo for items 0 and 3 from another batch
-        memoised, _ = defense.joint_loss(llava, pixels, samples, spans, pert.deltas(idx), x, clean, items=items)
-        defense._clean_memo = None
+                           items=items[:2], memo=memo)  # fills the memo for items 0 and 3 from another batch
+        assert len(memo) == 2
+        memoised, _ = defense.joint_loss(llava, pixels, samples, spans, pert.deltas(idx), x, clean, items=items,
+                                         memo=memo)
     assert torch.allclose(fresh, memoised, atol=1e-5)
     assert fresh.abs().sum() > 0
 

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from toolkit.registry import Config, Registry, import_plugin
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "EXTENDING.md"
-PLUGIN_NAMES = {"defenses": ["classwise_patch"], "countermeasures": ["posterize_text", "clip_to_attacker_range"],
+PLUGIN_NAMES = {"defenses": ["classwise_patch", "smooth_emn"], "countermeasures": ["posterize_text", "clip_to_attacker_range"],
                 "metrics": ["question_words"]}
 
 
@@ -24,6 +25,18 @@ def guide_code() -> str:
     blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S)
     assert len(blocks) >= 4, "the guide lost its worked examples"
     return "\n\n".join(blocks)
+
+
+def _unregister_guide() -> None:
+    """Forget the guide's classes (a test that imported the guide in this process cleans up)."""
+    from toolkit.attacks import COUNTERMEASURES
+    from toolkit.defenses import DEFENSES
+    from toolkit.metrics import METRICS
+
+    for registry, names in ((DEFENSES, "defenses"), (COUNTERMEASURES, "countermeasures"), (METRICS, "metrics")):
+        for name in PLUGIN_NAMES[names]:
+            if name in registry:
+                registry.unregister(name)
 
 
 def _install(site: Path) -> None:
@@ -91,10 +104,7 @@ def test_the_plugin_option_imports_a_file_for_protect(tmp_path, digits_small):
 
 
 def test_a_specs_plugins_key_imports_before_validation(tmp_path):
-    from toolkit.attacks import COUNTERMEASURES
-    from toolkit.defenses import DEFENSES
     from toolkit.matrix import MatrixError, MatrixSpec
-    from toolkit.metrics import METRICS
 
     (tmp_path / "my_plugin.py").write_text(guide_code())
     spec = {"plugins": str(tmp_path / "my_plugin.py"), "models": {"v": {"tiny": "llava"}}, "victims": ["v"],
@@ -104,12 +114,28 @@ def test_a_specs_plugins_key_imports_before_validation(tmp_path):
         assert parsed.plugins == (str(tmp_path / "my_plugin.py"),)
         assert [d.name for d in parsed.defenses] == [None, "classwise_patch"]
     finally:
-        for registry, names in ((DEFENSES, "defenses"), (COUNTERMEASURES, "countermeasures"), (METRICS, "metrics")):
-            for name in PLUGIN_NAMES[names]:
-                if name in registry:
-                    registry.unregister(name)
+        _unregister_guide()
     with pytest.raises(MatrixError, match="plugins: cannot import 'no_such_plugin_module'"):
         MatrixSpec.from_dict({**spec, "plugins": ["no_such_plugin_module"]})
+
+
+def test_the_guides_min_min_defense_smooths_its_noise(tmp_path, digits_small, llava):
+    from toolkit.defenses import DEFENSES
+
+    (tmp_path / "my_guide.py").write_text(guide_code())
+    import_plugin(str(tmp_path / "my_guide.py"))
+    try:
+        data = digits_small[0][:8]
+        fast = {"rounds": 1, "train_steps": 1, "pgd_steps": 4, "batch_size": 8, "pgd_batch_size": 8, "eval_size": 8,
+                "init": "uniform"}
+
+        def variation(weight):
+            out = DEFENSES.create("smooth_emn", **fast, tv_weight=weight).protect(data, [llava])
+            d = [torch.as_tensor(x) for x in out.deltas()]  # (H, W, 3)
+            return sum(float((x[1:] - x[:-1]).abs().sum() + (x[:, 1:] - x[:, :-1]).abs().sum()) for x in d)
+        assert variation(100.0) < 0.8 * variation(0.0)  # the penalty is what the hook adds
+    finally:
+        _unregister_guide()
 
 
 def test_reregistering_the_same_class_replaces_it_and_another_class_is_refused(tmp_path):

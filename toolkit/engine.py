@@ -134,6 +134,14 @@ class TrainState:
             self._queue = shape_batches(self.shapes, self.batch_size, self.generator)
         return self._queue.pop(0)
 
+    def pending(self) -> List[torch.Tensor]:
+        """The batches left in the current pass (for a checkpoint)."""
+        return list(self._queue)
+
+    def restore(self, pending: Sequence[torch.Tensor]) -> None:
+        """Continue from :meth:`pending` output (the generator's state is restored separately)."""
+        self._queue = list(pending)
+
 
 class Adaptation:
     """Trainable state of a surrogate inside :func:`adapted`: ``params`` and ``reset()``."""

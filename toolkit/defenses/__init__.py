@@ -3,10 +3,10 @@ from .base import DEFENSES, Defense, DefenseConfig, Proposal, Protection, enforc
 from .emn import EMN
 from .mem import MEM
 from .mmguard import MMGUARD_VARIANTS, MMGuard
-from .minmin import MinMinConfig, MinMinDefense, Perturbation
+from .minmin import MinMinConfig, MinMinDefense, MinMinRun, Perturbation
 from .random_noise import RandomNoise
 from .rem import REM
 from .tue import TUE
 
 __all__ = ["DEFENSES", "Defense", "DefenseConfig", "Proposal", "Protection", "enforce_budget", "EMN", "TUE", "REM", "MEM",
-           "RandomNoise", "MMGuard", "MMGUARD_VARIANTS", "MinMinDefense", "MinMinConfig", "Perturbation"]
+           "RandomNoise", "MMGuard", "MMGUARD_VARIANTS", "MinMinDefense", "MinMinConfig", "MinMinRun", "Perturbation"]

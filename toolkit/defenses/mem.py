@@ -23,7 +23,8 @@ import torch
 from ..registry import check_choice, check_range
 from ..triggers import check_trigger_position
 from .base import DEFENSES
-from .minmin import MinMinConfig, MinMinDefense, _flatten
+from ..surrogates.ensemble import weighted_members
+from .minmin import MinMinConfig, MinMinDefense, MinMinRun
 
 __all__ = ["MEM"]
 
@@ -61,36 +62,30 @@ class MEM(MinMinDefense):
             check_trigger_position(self.trigger_position)
             check_choice("shuffle_captions", self.shuffle_captions, {"auto", "always", "never"})
 
-    def setup(self, pert, surrogates, gen):
+    def setup(self, run: MinMinRun) -> None:
         """Start every sample with ``max_trigger_tokens`` random admissible words of the first surrogate."""
-        vocab = _flatten(surrogates)[0][0].trigger_vocabulary().without(pert.banned_words)
-        k = self.config.max_trigger_tokens
-        picks = torch.randint(0, len(vocab), (len(pert), k), generator=gen)
-        pert.triggers = [[vocab.words[j] for j in row] for row in picks.tolist()]
-        pert.position = self.config.trigger_position
+        run.pert.random_triggers(run.weighted[0][0], self.config.max_trigger_tokens, self.config.trigger_position,
+                                 run.gen)
 
     def _shuffles(self, surrogates) -> bool:
         mode = self.config.shuffle_captions
         if mode != "auto":
             return mode == "always"
-        return all(s.contrastive for s, _ in _flatten(surrogates))
+        return all(s.contrastive for s, _ in weighted_members(surrogates))
 
-    def step_samples(self, samples: List, gen: torch.Generator) -> List:
-        if not self._shuffle or len(samples) < 2:
+    def step_samples(self, run: MinMinRun, samples: List) -> List:
+        """Captions shuffled within the batch (contrastive surrogates, or ``shuffle_captions="always"``)."""
+        if not self._shuffles(run.surrogates) or len(samples) < 2:
             return samples
-        perm = torch.randperm(len(samples), generator=gen).tolist()
+        perm = torch.randperm(len(samples), generator=run.gen).tolist()
         return [samples[i].with_(question=samples[j].question, answer=samples[j].answer)
                 for i, j in zip(range(len(samples)), perm)]
 
-    def image_step(self, surrogates, pert, gen):
-        self._shuffle = self._shuffles(surrogates)
-        super().image_step(surrogates, pert, gen)
-
-    def text_step(self, rnd, surrogates, pert, gen):
+    def text_step(self, run: MinMinRun) -> None:
+        """HotFlip pass over a random ``trigger_fraction`` of the samples in the first ``trigger_rounds``."""
         cfg = self.config
-        if rnd >= cfg.trigger_rounds:
+        if run.round >= cfg.trigger_rounds:
             return
-        n = len(pert)
-        idx = torch.randperm(n, generator=gen)[:max(1, int(round(cfg.trigger_fraction * n)))]
-        stats = self.trigger_pass(surrogates, pert, idx, cfg.trigger_candidates, batch_size=cfg.pgd_batch_size)
-        self._last_trigger_stats = stats
+        n = len(run.pert)
+        idx = torch.randperm(n, generator=run.gen)[:max(1, int(round(cfg.trigger_fraction * n)))]
+        self.trigger_pass(run, idx, cfg.trigger_candidates, batch_size=cfg.pgd_batch_size)

@@ -50,7 +50,7 @@ from ..registry import check_range
 from ..surrogates.regions import region_means
 from ..triggers import check_trigger_position
 from .base import DEFENSES
-from .minmin import MinMinConfig, MinMinDefense, _flatten
+from .minmin import MinMinConfig, MinMinDefense, MinMinRun
 
 __all__ = ["MMGuard", "MMGUARD_VARIANTS", "binding_loss_terms"]
 
@@ -140,50 +140,57 @@ class MMGuard(MinMinDefense):
             self.config = type(self.config)(**{**self.config.to_dict(), "pgd_steps": 0, "init": "zeros"})
         if self.binding == "bph":
             self.requires = self.requires + ("image_attention",)
-        self._clean_memo: Optional[Dict[Tuple[int, int], Any]] = None  # CRS clean passes of the current step
 
-    # ------------------------------------------------------------------ state
-    def setup(self, pert, surrogates, gen):
+    # ------------------------------------------------------------------ hooks
+    def setup(self, run: MinMinRun) -> None:
         """Random admissible start triggers (trigger variants); no trigger otherwise."""
-        if not self.uses_trigger:
-            return
-        vocab = _flatten(surrogates)[0][0].trigger_vocabulary().without(pert.banned_words)
-        k = self.config.max_trigger_tokens
-        picks = torch.randint(0, len(vocab), (len(pert), k), generator=gen)
-        pert.triggers = [[vocab.words[j] for j in row] for row in picks.tolist()]
-        pert.position = self.config.trigger_position
-        self._pert = pert
+        if self.uses_trigger:
+            run.pert.random_triggers(run.weighted[0][0], self.config.max_trigger_tokens,
+                                     self.config.trigger_position, run.gen)
 
-    def image_step(self, surrogates, pert, gen):
-        self._pert = pert
-        self._clean_memo = {}  # the surrogates are frozen for the whole step
-        try:
-            super().image_step(surrogates, pert, gen)
-        finally:
-            self._clean_memo = None
-
-    def text_step(self, rnd, surrogates, pert, gen):
-        if not self.uses_trigger or rnd % self.config.trigger_every:
+    def text_step(self, run: MinMinRun) -> None:
+        """One HotFlip pass over every sample's trigger every ``trigger_every`` rounds, on l_joint."""
+        if not self.uses_trigger or run.round % self.config.trigger_every:
             return
-        self._pert = pert
-        self._clean_memo = {}
-        try:
-            self._last_trigger_stats = self.trigger_pass(
-                surrogates, pert, torch.arange(len(pert)), self.config.trigger_candidates, loss_fn=self._loss_fn,
-                batch_size=self.config.pgd_batch_size)
-        finally:
-            self._clean_memo = None
+        self.trigger_pass(run, torch.arange(len(run.pert)), self.config.trigger_candidates,
+                          batch_size=self.config.pgd_batch_size)
+
+    def trigger_objective(self, run: MinMinRun):
+        """l_joint of dataset items (CRS reuses each item's clean pass within the step)."""
+        pert = run.pert
+
+        def loss_fn(surrogate, pixels, samples, spans, embedding_grad, items):
+            idx = torch.tensor(list(items))
+            return self.joint_loss(surrogate, pixels, samples, spans, pert.deltas(idx), gather(pert.x, idx),
+                                   [pert.samples[i] for i in idx.tolist()], embedding_grad, items=idx.tolist(),
+                                   memo=run.step_cache.setdefault("crs_clean", {}))
+        return loss_fn
+
+    def objective(self, run: MinMinRun, x, d, samples, idx):
+        """Weighted sum over the (expanded) surrogates of the per-sample l_joint of (x + d)."""
+        pert = run.pert
+        _, spans = pert.batch_samples(idx)
+        clean = [pert.samples[i] for i in idx.tolist()]
+        pixels = (x + d).clamp(0, 1)
+        memo = run.step_cache.setdefault("crs_clean", {})
+        total = 0.0
+        for s, w in run.weighted:
+            loss, _ = self.joint_loss(s, pixels, samples, spans, d, x, clean, items=idx.tolist(), memo=memo)
+            total = total + w * loss.sum()
+        return total
 
     def _clean_answer_rows(self, surrogate, clean_pixels: torch.Tensor, clean_samples, k: int,
-                           items: Optional[Sequence[int]] = None) -> List[Tuple[List[torch.Tensor], List[int]]]:
+                           items: Optional[Sequence[int]] = None, memo: Optional[Dict] = None
+                           ) -> List[Tuple[List[torch.Tensor], List[int]]]:
         """CRS's clean pass (no delta, no trigger), per sample: the answer-attention row of each of the first
         ``k`` layers over the sample's own key positions, and the token ids there.
 
         The clean pass depends only on the sample and the frozen surrogate, so when ``items`` (dataset
-        indices) are given inside a step it is memoised per (surrogate, item) for that step: a trigger pass
-        verifies every candidate of every slot against one clean pass per sample instead of one each.
+        indices) and a ``memo`` (a dict that lives for one step) are given it is memoised per (surrogate,
+        item): a trigger pass verifies every candidate of every slot against one clean pass per sample
+        instead of one each.
         """
-        memo = self._clean_memo if items is not None else None
+        memo = memo if items is not None else None
         n = len(clean_samples)
         if memo is None:
             todo = list(range(n))
@@ -213,14 +220,15 @@ class MMGuard(MinMinDefense):
     # ------------------------------------------------------------------ loss
     def joint_loss(self, surrogate, pixels: torch.Tensor, samples, spans, deltas: torch.Tensor,
                    clean_pixels: Optional[torch.Tensor], clean_samples: Optional[List], embedding_grad: bool = False,
-                   items: Optional[Sequence[int]] = None):
+                   items: Optional[Sequence[int]] = None, memo: Optional[Dict] = None):
         """Per-sample l_joint (N,) on one surrogate, and the protected forward result.
 
         Args:
             pixels: protected images (N, 3, H, W); deltas: their perturbations (for Omega_delta).
             samples / spans: questions with triggers inserted and the trigger character spans.
             clean_pixels / clean_samples: the clean inputs (CRS only).
-            items: the samples' dataset indices (CRS: lets a step reuse each sample's clean pass).
+            items / memo: the samples' dataset indices and a dict that lives for one step (CRS: the step
+                reuses each sample's clean pass; without them every call runs its own).
         """
         cfg = self.config
         k = cfg.attention_layers if self.binding else 0
@@ -237,7 +245,7 @@ class MMGuard(MinMinDefense):
             omega_delta = perturbation_token_mask(batch.image_mask, scores.to(batch.image_mask.device), cfg.tau_delta)
             bind = binding_loss_terms(res.attentions, batch.answer_mask, trigger, omega_delta, cfg.bph_weights)
         else:
-            clean = self._clean_answer_rows(surrogate, clean_pixels, clean_samples, k, items)
+            clean = self._clean_answer_rows(surrogate, clean_pixels, clean_samples, k, items, memo)
             valid = batch.attention_mask.bool()
             bind = 0.0
             for layer, a_prot in enumerate(res.attentions):
@@ -246,28 +254,6 @@ class MMGuard(MinMinDefense):
                 bind = bind - kl_divergence(p_clean, attention_rows(a_prot, batch.answer_mask))
             bind = bind / len(res.attentions)
         return loss + cfg.lambda_bind * bind, res
-
-    def _loss_fn(self, surrogate, pixels, samples, spans, embedding_grad, items):
-        """Trigger-pass loss: l_joint for dataset items ``items``."""
-        pert = self._pert
-        idx = torch.tensor(list(items))
-        return self.joint_loss(surrogate, pixels, samples, spans, pert.deltas(idx), gather(pert.x, idx),
-                               [pert.samples[i] for i in idx.tolist()], embedding_grad, items=idx.tolist())
-
-    def objective(self, surrogates, x, d, samples, labels, idx):
-        pert = self._pert
-        _, spans = pert.batch_samples(idx)
-        clean = [pert.samples[i] for i in idx.tolist()]
-        pixels = (x + d).clamp(0, 1)
-        total = 0.0
-        for s, w in _flatten(surrogates):
-            loss, _ = self.joint_loss(s, pixels, samples, spans, d, x, clean, items=idx.tolist())
-            total = total + w * loss.sum()
-        return total
-
-    def sample_loss(self, surrogates, pixels, samples):
-        """Training-side loss of the surrogate: the answer NLL (the attacker's objective)."""
-        return super().sample_loss(surrogates, pixels, samples)
 
 
 def _register(variant: str) -> type:

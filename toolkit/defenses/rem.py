@@ -53,10 +53,12 @@ class REM(MinMinDefense):
                    torch.zeros_like(px), step_size=cfg.adv_step_size or rho / 2, steps=cfg.adv_steps,
                    project_fn=lambda a: ((px + a).clamp(0, 1) - px).clamp(-rho, rho), descend=False)
 
-    def objective(self, surrogates, x, d, samples, labels, idx):
+    def objective(self, run, x, d, samples, idx):
+        """The min-min loss after the adversary's error-maximising step on the protected pixels."""
         protected = (x + d).clamp(0, 1)
-        a = self._adversarial(surrogates, protected, samples)
-        return self.sample_loss(surrogates, (protected + a).clamp(0, 1), samples).sum()
+        a = self._adversarial(run.surrogates, protected, samples)
+        return self.sample_loss(run.surrogates, (protected + a).clamp(0, 1), samples).sum()
 
-    def train_pixels(self, surrogate, pixels, samples):
+    def train_pixels(self, run, surrogate, pixels, samples):
+        """The surrogate trains on adversarial examples of the protected data."""
         return (pixels + self._adversarial([surrogate], pixels, samples)).clamp(0, 1)

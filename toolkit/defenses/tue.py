@@ -66,7 +66,9 @@ class TUE(MinMinDefense):
             check_range("task_weight", self.task_weight, 0, 1e6)
             check_range("csd_weight", self.csd_weight, 0, 1e6)
 
-    def objective(self, surrogates, x, d, samples, labels, idx):
+    def objective(self, run, x, d, samples, idx):
+        """w_task * task loss + w_csd * B * CSD(d, classes of the batch)."""
         cfg = self.config
-        task = self.sample_loss(surrogates, (x + d).clamp(0, 1), samples).sum()
+        labels = run.pert.labels[idx]
+        task = self.sample_loss(run.surrogates, (x + d).clamp(0, 1), samples).sum()
         return cfg.task_weight * task + cfg.csd_weight * len(samples) * class_separability(d, labels.to(d.device))

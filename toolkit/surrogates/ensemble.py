@@ -16,7 +16,7 @@ import torch
 from ..data import VQASample
 from .base import Surrogate
 
-__all__ = ["Ensemble"]
+__all__ = ["Ensemble", "weighted_members"]
 
 
 class Ensemble(Surrogate):
@@ -109,3 +109,18 @@ class Ensemble(Surrogate):
 
     def __repr__(self) -> str:
         return f"Ensemble({self.members!r}, weights={self.weights})"
+
+
+def weighted_members(surrogates: Sequence[Surrogate]) -> List[Tuple[Surrogate, float]]:
+    """(surrogate, weight) pairs of a surrogate list, ensembles expanded into their weighted members.
+
+    Every entry of ``surrogates`` counts 1/len(surrogates); an :class:`Ensemble` splits its share
+    by its own weights, so the weights of the result sum to 1.
+    """
+    out: List[Tuple[Surrogate, float]] = []
+    for s in surrogates:
+        if isinstance(s, Ensemble):
+            out += [(m, w / len(surrogates)) for m, w in zip(s.members, s.weights)]
+        else:
+            out.append((s, 1.0 / len(surrogates)))
+    return out

@@ -1,0 +1,73 @@
+"""Settings of the min-min loop (:class:`MinMinConfig`), shared by EMN, TUE, REM, MEM and MMGuard."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...registry import check_choice, check_range
+from ..base import DefenseConfig
+
+__all__ = ["MinMinConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MinMinConfig(DefenseConfig):
+    """Settings of the min-min loop (units: pixels in [0, 1]).
+
+    Attributes:
+        granularity: "sample" or "class".
+        answer_clusters: 0 = one class per distinct answer; k > 0 = k answer clusters.
+        rounds: maximum rounds; train_steps: surrogate steps per round (Q);
+        pgd_steps: PGD steps per batch per round (P); step_size: PGD sign step.
+        pgd_fraction: share of samples whose perturbation is updated each round.
+        batch_size / pgd_batch_size: training / PGD batch sizes.
+        lr: surrogate learning rate (AdamW); train_mode: "full", "projector" or "lora"; lora_rank, lora_dropout.
+        init: "zeros" or "uniform" (U(-eps, eps)) start of delta.
+        stop_accuracy, stop_clean_accuracy, stop_loss, eval_size: stopping rule (see EMN).
+        restart_every, restart_init: periodic surrogate restarts ("same" weights or "random" init).
+    """
+
+    granularity: str = "sample"
+    answer_clusters: int = 0
+    rounds: int = 30
+    train_steps: int = 10
+    pgd_steps: int = 5
+    step_size: float = 2 / 255
+    pgd_fraction: float = 1.0
+    batch_size: int = 64
+    pgd_batch_size: int = 128
+    lr: float = 2e-3
+    train_mode: str = "full"
+    lora_rank: int = 8
+    lora_dropout: float = 0.0
+    init: str = "zeros"
+    stop_accuracy: float = 0.99
+    stop_clean_accuracy: float = 0.5
+    stop_loss: float = 0.0
+    eval_size: int = 256
+    restart_every: int = 0
+    restart_init: str = "same"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("granularity", self.granularity, {"sample", "class"})
+        check_range("answer_clusters", self.answer_clusters, 0, 1 << 20)
+        check_choice("train_mode", self.train_mode, {"full", "projector", "lora"})
+        check_choice("init", self.init, {"zeros", "uniform"})
+        check_range("rounds", self.rounds, 1, 100_000)
+        check_range("train_steps", self.train_steps, 0, 100_000)
+        check_range("pgd_steps", self.pgd_steps, 0, 100_000)
+        check_range("step_size", self.step_size, 0, 1, low_open=True)
+        check_range("pgd_fraction", self.pgd_fraction, 0, 1, low_open=True)
+        check_range("batch_size", self.batch_size, 1, 1 << 20)
+        check_range("pgd_batch_size", self.pgd_batch_size, 1, 1 << 20)
+        check_range("lr", self.lr, 0, 1, low_open=True)
+        check_range("lora_rank", self.lora_rank, 1, 4096)
+        check_range("lora_dropout", self.lora_dropout, 0, 1, high_open=True)
+        check_range("stop_accuracy", self.stop_accuracy, 0, 1)
+        check_range("stop_clean_accuracy", self.stop_clean_accuracy, 0, 1)
+        check_range("stop_loss", self.stop_loss, 0, 1e9)
+        check_range("eval_size", self.eval_size, 1, 1 << 30)
+        check_range("restart_every", self.restart_every, 0, 1 << 30)
+        check_choice("restart_init", self.restart_init, {"same", "random"})
+        if self.restart_init == "random" and self.train_mode != "full":
+            raise ValueError("restart_init='random' needs train_mode='full' (a from-scratch surrogate)")

@@ -1,0 +1,246 @@
+"""The min-min loop (:class:`MinMinDefense`) every optimisation-based defense runs on.
+
+min_theta E min_{delta, trigger} L(f_theta(x + delta, Insert(t, trigger)), y):
+each round (a) trains the surrogate(s) a few steps on the current protected
+data, then (b) updates the perturbations by PGD descent (and, for defenses with
+text triggers, one HotFlip screen-and-verify pass) against the adapted,
+frozen surrogate(s), then (c) scores the surrogate on protected and clean
+copies of a fixed subset and decides whether to stop. EMN, TUE, REM, MEM and
+MMGuard are subclasses that change only the objective or add a step.
+
+Granularity: ``sample`` (one delta per sample) or ``class`` (one delta per
+class; a class is a distinct answer, or one of ``answer_clusters`` k-means
+clusters of the answers' token embeddings).
+
+Checkpoint/resume: pass ``checkpoint=path`` to :meth:`Defense.protect`; the
+whole state is saved after every round and an interrupted run resumes to the
+same result as an uninterrupted one with the same seed.
+
+Hooks receive the run state (:class:`~toolkit.defenses.minmin.state.MinMinRun`), never
+read it from the defense object, so one defense object can run several protections.
+
+Randomness: every random choice (batches, restarts, LoRA init, dropout) is
+drawn from the config's seed; the global RNG is forked, never reseeded.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from tqdm.auto import tqdm
+
+from ...checkpoint import RunCheckpoint, fingerprint
+from ...data import VQASample
+from ...engine import TrainState, adapted, gather, make_generator, pgd, project, shape_batches, train_step
+from ...surrogates.base import LoraSettings
+from ..base import Defense, Proposal
+from .config import MinMinConfig
+from .hotflip import TriggerLoss, answer_loss, trigger_pass
+from .state import MinMinRun, Perturbation, answer_classes
+
+__all__ = ["MinMinDefense"]
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, devices: Sequence[torch.device]):
+    """Fork the global RNGs (CPU and the given CUDA devices) and seed them."""
+    cuda = sorted({d.index or 0 for d in devices if d.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(int(seed))
+        yield
+
+
+def _frozen_all(surrogates):
+    stack = contextlib.ExitStack()
+    for s in surrogates:
+        stack.enter_context(s.frozen())
+    return stack
+
+
+class MinMinDefense(Defense):
+    """Template of min-min defenses (see the module docstring).
+
+    Subclasses override the hooks :meth:`setup` (extra state such as start triggers),
+    :meth:`objective` (the PGD loss), :meth:`train_pixels` (what the surrogate trains on),
+    :meth:`step_samples` (what the image step optimises against), :meth:`text_step` (trigger
+    updates) and :meth:`trigger_objective` (the trigger search's loss). Every hook receives the
+    :class:`MinMinRun`; budgets are enforced by :meth:`Defense.protect`.
+    """
+
+    Config = MinMinConfig
+    requires: Tuple[str, ...] = ("image_grad", "trainable")
+    needs_surrogate = True
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, run: MinMinRun) -> None:
+        """Extra initialisation (e.g. triggers) before the first round."""
+
+    def sample_loss(self, surrogates, pixels: torch.Tensor, samples: Sequence[VQASample]) -> torch.Tensor:
+        """Per-sample loss averaged over the surrogates (uniform; use an Ensemble for weights)."""
+        return sum(s.loss(pixels, samples) for s in surrogates) / len(surrogates)
+
+    def objective(self, run: MinMinRun, x: torch.Tensor, d: torch.Tensor, samples: Sequence[VQASample],
+                  idx: torch.Tensor) -> torch.Tensor:
+        """Scalar the PGD step descends: sum of per-sample losses of (x + d) (B, 3, H, W) for items ``idx``
+        (dataset indices; their classes are ``run.pert.labels[idx]``)."""
+        return self.sample_loss(run.surrogates, (x + d).clamp(0, 1), samples).sum()
+
+    def train_pixels(self, run: MinMinRun, surrogate, pixels: torch.Tensor,
+                     samples: Sequence[VQASample]) -> torch.Tensor:
+        """Pixels the surrogate is trained on (default: the protected pixels)."""
+        return pixels
+
+    def step_samples(self, run: MinMinRun, samples: List[VQASample]) -> List[VQASample]:
+        """Samples the image step optimises against (default: as they are; MEM shuffles captions)."""
+        return samples
+
+    def text_step(self, run: MinMinRun) -> None:
+        """Trigger update after the image step (default: none)."""
+
+    def trigger_objective(self, run: MinMinRun) -> TriggerLoss:
+        """The loss a trigger pass lowers (default: the answer NLL; see :func:`~.hotflip.trigger_pass`)."""
+        return answer_loss
+
+    # ------------------------------------------------------------------ mechanics
+    def begin(self, dataset, surrogates) -> MinMinRun:
+        """Classes, perturbation and :meth:`setup` of a new run on ``dataset`` (the loop's first step;
+        also a way to drive the steps by hand)."""
+        cfg = self.config
+        gen = make_generator(cfg.seed)
+        labels, num_classes = answer_classes(list(dataset), cfg.answer_clusters, surrogates, gen)
+        pert = Perturbation(list(dataset), labels, num_classes, cfg.granularity, cfg.eps, cfg.init, gen)
+        run = MinMinRun(list(surrogates), pert, gen)
+        self.setup(run)
+        return run
+
+    def image_step(self, run: MinMinRun) -> None:
+        """PGD descent on the deltas of a random ``pgd_fraction`` of the samples."""
+        cfg, pert, gen = self.config, run.pert, run.gen
+        n = len(pert)
+        if not cfg.pgd_steps:
+            return
+        pgd_idx = torch.randperm(n, generator=gen)[:max(1, int(round(cfg.pgd_fraction * n)))]
+        for idx in shape_batches(pert.shapes, cfg.pgd_batch_size, indices=pgd_idx):
+            samples, _ = pert.batch_samples(idx)
+            samples = self.step_samples(run, samples)
+            xb, labels = gather(pert.x, idx), pert.labels[idx]
+            if pert.classwise:
+                pert.delta = pgd(lambda d: self.objective(run, xb, d[labels], samples, idx), pert.delta,
+                                 step_size=cfg.step_size, steps=cfg.pgd_steps,
+                                 project_fn=lambda d: d.clamp(-cfg.eps, cfg.eps))
+            else:
+                new = pgd(lambda d: self.objective(run, xb, d, samples, idx), gather(pert.delta, idx),
+                          step_size=cfg.step_size, steps=cfg.pgd_steps, project_fn=lambda d: project(d, xb, cfg.eps))
+                for j, i in enumerate(idx.tolist()):
+                    pert.delta[i] = new[j]
+
+    def trigger_pass(self, run: MinMinRun, indices: torch.Tensor, candidates: int,
+                     loss_fn: Optional[TriggerLoss] = None, batch_size: int = 32,
+                     descend: bool = True) -> Dict[str, float]:
+        """One HotFlip screen-and-verify pass over the trigger slots of ``indices`` (see
+        :func:`~.hotflip.trigger_pass`; ``loss_fn`` defaults to :meth:`trigger_objective`). The counts
+        (``changed``, ``loss_before``, ``loss_after``) are returned and recorded in ``run.stats`` with a
+        ``trigger_`` prefix."""
+        stats = trigger_pass(run.surrogates, run.pert, indices, candidates,
+                             loss_fn=loss_fn or self.trigger_objective(run), batch_size=batch_size, descend=descend,
+                             who=f"defense {self.name!r} (trigger search)")
+        run.stats.update({f"trigger_{k}": v for k, v in stats.items()})
+        return stats
+
+    # ------------------------------------------------------------------ main loop
+    def _protect(self, dataset, surrogates, progress, checkpoint=None):
+        cfg = self.config
+        run = self.begin(dataset, surrogates)
+        pert, gen = run.pert, run.gen
+        devices = [s.device for s in surrogates]
+        ckpt = RunCheckpoint(checkpoint,
+                             fingerprint({"defense": self.name, **cfg.to_dict()}, dataset, surrogates))
+        n = len(pert)
+        lora = LoraSettings(rank=cfg.lora_rank, alpha=2 * cfg.lora_rank, dropout=cfg.lora_dropout)
+        history: List[Dict[str, float]] = []
+        converged, start_round = False, 0
+        with contextlib.ExitStack() as stack:
+            with _seeded(int(torch.randint(0, 2 ** 31 - 1, (), generator=gen)), devices):
+                states = [stack.enter_context(adapted(s, cfg.train_mode, lora)) for s in surrogates]
+            optimizers = [torch.optim.AdamW(st.params, lr=cfg.lr, weight_decay=0.0) for st in states]
+            stream = TrainState(pert.shapes, cfg.batch_size, gen)
+            eval_idx = torch.randperm(n, generator=gen)[:cfg.eval_size]
+            saved = ckpt.load()
+            if saved is not None:
+                start_round, converged, history = saved["round"], saved["converged"], saved["history"]
+                pert.load_state_dict(saved["perturbation"])
+                gen.set_state(saved["generator"])
+                stream.restore(saved["queue"])
+                for st, opt, values, opt_state in zip(states, optimizers, saved["params"], saved["optimizers"]):
+                    with torch.no_grad():
+                        for p, v in zip(st.params, values):
+                            p.copy_(v.to(p.device, p.dtype))
+                    opt.load_state_dict(opt_state)
+                log.info("%s: resumed from %s after round %d", self.name, ckpt.path, start_round)
+            bar = tqdm(range(start_round, cfg.rounds if not converged else start_round), desc=self.name,
+                       disable=not progress, leave=False)
+            for rnd in bar:
+                run.round, run.stats = rnd, {}
+                with _seeded(int(torch.randint(0, 2 ** 31 - 1, (), generator=gen)), devices):
+                    if cfg.restart_every and rnd and rnd % cfg.restart_every == 0:
+                        seeds = [int(torch.randint(0, 2 ** 31 - 1, (), generator=gen))
+                                 if cfg.restart_init == "random" else None for _ in states]
+                        for st, seed in zip(states, seeds):
+                            st.reset(seed)
+                        optimizers = [torch.optim.AdamW(st.params, lr=cfg.lr, weight_decay=0.0) for st in states]
+                    # (a) train the surrogate(s) on the current protected data
+                    for s, opt, st in zip(surrogates, optimizers, states):
+                        with s.training(st.params):
+                            for _ in range(cfg.train_steps):
+                                idx = stream.next()
+                                samples, _ = pert.batch_samples(idx)
+                                train_step(lambda px, smp: s.loss(self.train_pixels(run, s, px, smp), smp), opt,
+                                           pert.pixels(idx), samples)
+                    # (b) perturbation step(s) against the frozen, adapted surrogate(s)
+                    with _frozen_all(surrogates):
+                        run.new_step()
+                        self.image_step(run)
+                        run.new_step()
+                        self.text_step(run)
+                        run.new_step()
+                        # (c) score protected vs clean on a fixed subset
+                        stats = {**self._score(surrogates, pert, eval_idx), **run.stats}
+                    run.new_step()
+                stats["round"] = rnd + 1
+                history.append(stats)
+                bar.set_postfix(acc=f"{stats['accuracy']:.2f}", clean=f"{stats['clean_accuracy']:.2f}",
+                                loss=f"{stats['loss']:.3f}")
+                log.info("%s round %d: %s", self.name, rnd + 1, stats)
+                converged = (stats["accuracy"] >= cfg.stop_accuracy
+                             and stats["clean_accuracy"] <= cfg.stop_clean_accuracy) or stats["loss"] < cfg.stop_loss
+                ckpt.save({"round": rnd + 1, "converged": converged, "history": history,
+                           "perturbation": pert.state_dict(), "generator": gen.get_state(),
+                           "queue": stream.pending(),
+                           "params": [[p.detach().cpu() for p in st.params] for st in states],
+                           "optimizers": [opt.state_dict() for opt in optimizers]})
+                if converged:
+                    break
+        info: Dict[str, Any] = {"rounds": len(history), "converged": converged, "history": history}
+        if pert.triggers is None:
+            return Proposal(pert.proposals(), info=info)
+        return Proposal(pert.proposals(), questions=[pert.question(i)[0] for i in range(n)],
+                        triggers=[{"words": list(w), "position": pert.position} for w in pert.triggers], info=info)
+
+    @torch.no_grad()
+    def _score(self, surrogates, pert: Perturbation, eval_idx: torch.Tensor) -> Dict[str, float]:
+        accs, clean_accs, losses = [], [], []
+        for idx in shape_batches(pert.shapes, self.config.pgd_batch_size, indices=eval_idx):
+            samples, _ = pert.batch_samples(idx)
+            clean = [pert.samples[i] for i in idx.tolist()]
+            for s in surrogates:
+                loss, correct = s.loss_and_correct(pert.pixels(idx), samples)
+                _, clean_correct = s.loss_and_correct(gather(pert.x, idx), clean)
+                losses.append(loss.float().cpu())
+                accs.append(correct.float().cpu())
+                clean_accs.append(clean_correct.float().cpu())
+        return {"accuracy": float(torch.cat(accs).mean()), "clean_accuracy": float(torch.cat(clean_accs).mean()),
+                "loss": float(torch.cat(losses).mean())}
