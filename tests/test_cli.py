@@ -35,6 +35,19 @@ def test_protect_writes_release(user_data, tiny_llava_dir, tmp_path):
     assert max(np.abs(r.image.astype(int) - s.astype(int)).max() for r, s in zip(released, src)) <= 8
 
 
+def test_protect_llava_format_then_verify(user_data, tiny_llava_dir, tmp_path, capsys):
+    out = tmp_path / "public"
+    rc = main(["protect", "--defense", "mmguard_text", "--surrogate", str(tiny_llava_dir), "--data", str(user_data),
+               "--out", str(out), "--format", "llava", "--quiet", "--set", "rounds=1", "--set", "max_trigger_tokens=2",
+               "--set", "trigger_candidates=2"])
+    assert rc == 0 and "llava layout" in capsys.readouterr().out
+    records = json.loads((out / "data.json").read_text())
+    assert [r["image"] for r in records] == [f"img/{i}.png" for i in range(6)]
+    assert all(r["conversations"][0]["value"].startswith("<image>\n") for r in records)
+    assert main(["verify", str(out), "--source", str(user_data)]) == 0
+    assert "verified 6 samples" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args, message", [
     (["--defense", "nope"], "unknown defense 'nope'"),
     (["--defense", "random_noise", "--eps", "2"], "eps must be in"),

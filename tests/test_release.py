@@ -138,3 +138,66 @@ def test_inserted_words_finds_one_inserted_block_only():
     assert inserted_words(src, "What number is this ?".split()) is None
     assert inserted_words(src, "zebra What digit is lamp this ?".split()) is None
     assert inserted_words(src, "What is this ?".split()) is None
+
+
+def _llava_source(folder, samples):
+    """A LLaVA-JSON source with JPEG and PNG images in a subfolder, a multi-turn record and extra keys."""
+    (folder / "imgs" / "sub").mkdir(parents=True)
+    records = []
+    for i, s in enumerate(samples):
+        rel = f"imgs/sub/{i}.jpg" if i % 2 else f"imgs/{i}.png"
+        Image.fromarray(s.image).save(folder / rel, quality=90)
+        conv = [{"from": "human", "value": f"{s.question}\n<image>"}, {"from": "gpt", "value": s.answer}]
+        if i == 0:
+            conv += [{"from": "human", "value": "And why?"}, {"from": "gpt", "value": "Because."}]
+        records.append({"id": f"r{i}", "image": rel, "conversations": conv, "source": "owner", "n": i})
+    (folder / "train.json").write_text(json.dumps(records))
+    return folder / "train.json", records
+
+
+def test_llava_layout_keeps_records_and_names_and_verifies(tmp_path, digits_small):
+    from toolkit.data import load_llava_json
+    from toolkit.release import verify_release
+
+    source, records = _llava_source(tmp_path / "src", list(digits_small[0])[:6])
+    data = load_llava_json(source)
+    protection = DEFENSES.create("random_noise", eps=8 / 255, seed=1).protect(data)
+    # a trigger-bearing release: two words inserted at the start of every question (as a defense would)
+    triggered = protection.dataset.replace_samples(
+        [s.with_(question="zebra quartz " + s.question, meta={**s.meta, "trigger": {"words": ["zebra", "quartz"]}})
+         for s in protection.dataset])
+    protection.dataset, protection.config = triggered, {**protection.config, "max_trigger_tokens": 2}
+    out = write_release(protection, tmp_path / "public", layout="llava")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["layout"] == "llava"
+    released = json.loads((out / "data.json").read_text())
+    assert [r["image"] for r in released] == [r["image"].replace(".jpg", ".png") for r in records]  # lossy -> PNG
+    for rec, src in zip(released, records):
+        assert {k: v for k, v in rec.items() if k not in ("image", "conversations")} == \
+            {k: v for k, v in src.items() if k not in ("image", "conversations")}  # every other key as it was
+        assert len(rec["conversations"]) == len(src["conversations"])
+        assert rec["conversations"][0]["value"] == "zebra quartz " + src["conversations"][0]["value"]  # <image> kept
+        assert rec["conversations"][1:] == src["conversations"][1:]  # answers and later turns untouched
+        assert "zebra" not in json.dumps({k: v for k, v in rec.items() if k != "conversations"})  # no annotation
+        assert Image.open(out / rec["image"]).format == "PNG"
+    back = load_llava_json(out / "data.json")  # it loads as a plain LLaVA dataset
+    assert [s.question for s in back] == [s.question for s in triggered]
+    summary = verify_release(out, source)
+    assert summary["samples"] == 6 and summary["longest_trigger"] == 2 and summary["max_change_levels"] <= 8
+    assert read_release(out)[0].id == "r0"
+
+
+def test_llava_layout_of_a_jsonl_source_and_tampering(tmp_path, protection):
+    from toolkit.release import verify_release
+
+    out = write_release(protection, tmp_path / "public", layout="llava")
+    rec = json.loads((out / "data.json").read_text())[0]
+    assert rec["conversations"] == [{"from": "human", "value": "<image>\n" + protection.dataset[0].question},
+                                    {"from": "gpt", "value": protection.dataset[0].answer}]
+    img = np.asarray(Image.open(out / rec["image"])).copy()
+    img[0, 0] ^= 255
+    Image.fromarray(img).save(out / rec["image"])
+    with pytest.raises(ReleaseError, match="sha256"):
+        verify_release(out, tmp_path)  # the file check comes first
+    with pytest.raises(ValueError, match="layout must be one of"):
+        write_release(protection, tmp_path / "other", layout="coco")

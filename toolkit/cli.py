@@ -77,8 +77,9 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         weights = [parse_number(w) for w in args.weights.split(",")]
         surrogates = [Ensemble(surrogates, weights)]
     protection = defense.protect(dataset, surrogates, progress=not args.quiet, checkpoint=args.checkpoint)
-    path = write_release(protection, out, overwrite=args.overwrite)
-    print(f"protected {len(dataset)} samples with {args.defense} in {protection.seconds:.1f} s -> {path}")
+    path = write_release(protection, out, overwrite=args.overwrite, layout=args.format)
+    print(f"protected {len(dataset)} samples with {args.defense} in {protection.seconds:.1f} s -> {path} "
+          f"({args.format} layout)")
     return 0
 
 
@@ -324,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="local model folder of any supported family (repeat for an ensemble)")
     protect.add_argument("--data", required=True, help="dataset file (.json LLaVA-style or .jsonl)")
     protect.add_argument("--out", required=True, help="release folder to create")
+    protect.add_argument("--format", choices=("mmguard", "llava"), default="mmguard",
+                         help="release layout: mmguard (data.jsonl with trigger annotations, for evaluation) or "
+                              "llava (data.json with the source's conversations and file names, to publish)")
     protect.add_argument("--eps", type=parse_number, default=None, help="L_inf budget, e.g. 8/255")
     protect.add_argument("--seed", type=int, default=None)
     protect.add_argument("--set", action="append", metavar="KEY=VALUE", help="defense config entry (repeatable)")

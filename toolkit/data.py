@@ -16,10 +16,14 @@ import torch
 
 __all__ = [
     "DataError", "VQASample", "VQADataset", "load_image", "check_image", "load_llava_json",
-    "load_jsonl", "load_dataset", "images_to_tensor", "tensor_to_images",
+    "load_jsonl", "load_dataset", "images_to_tensor", "tensor_to_images", "SOURCE_RECORD",
 ]
 
 PathLike = Union[str, os.PathLike]
+
+#: ``sample.meta`` key of a LLaVA record as loaded (image path, conversation, turn indices); it holds the
+#: original question, so releases never write it as it is
+SOURCE_RECORD = "source_record"
 
 
 class DataError(ValueError):
@@ -228,7 +232,10 @@ def load_llava_json(path: PathLike, image_folder: Optional[PathLike] = None,
 
     The first human turn (``<image>`` placeholder removed) is the question and the
     following gpt turn the answer. Image paths are relative to ``image_folder``
-    (default: the JSON file's folder) and may not escape it.
+    (default: the JSON file's folder) and may not escape it. Each sample keeps the
+    record's image path and whole conversation in ``meta[SOURCE_RECORD]``, so a
+    LLaVA-layout release (:func:`toolkit.release.write_release` with ``layout="llava"``)
+    can give the record back with only the protected question changed.
     """
     path = Path(path).resolve()
     root = Path(image_folder).resolve() if image_folder is not None else path.parent
@@ -263,6 +270,8 @@ def load_llava_json(path: PathLike, image_folder: Optional[PathLike] = None,
             raise DataError(f"{where}: question is empty once '<image>' is removed")
         image = load_image(_resolve_inside(root, rec.get("image"), f"{where} field 'image'"))
         meta = {k: v for k, v in rec.items() if k not in {"id", "image", "conversations", "choices"}}
+        meta[SOURCE_RECORD] = {"image": rec["image"], "conversations": conv, "turn": h_index,
+                               "answer_turn": conv.index(gpt, h_index + 1)}
         samples.append(VQASample(sid, image, question, answer, _choices(rec, where), meta))
     return VQADataset(samples, name or path.stem, root).require_nonempty()
 

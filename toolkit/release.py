@@ -1,9 +1,20 @@
 """Writing and reading protected releases.
 
-A release folder holds ``images/<n>.png`` (lossless), ``data.jsonl`` (one record
-per sample: id, image, question, answer, choices, meta) and ``manifest.json``
-(defense, config, surrogates, budget, seed, package versions, sha256 of every
-file). It is written to a temporary folder beside the target and moved into
+Two layouts, each with ``manifest.json`` (defense, config, surrogates, budget,
+seed, package versions, sha256 of every file):
+
+- ``mmguard`` (default): ``images/<n>.png`` and ``data.jsonl`` (one record per
+  sample: id, image, question, answer, choices, meta, including the trigger's
+  words and span). The toolkit's own format, for evaluation: it tells which
+  words were inserted, so it is the owner's copy, not the one to publish.
+- ``llava``: a drop-in LLaVA dataset to publish: ``data.json`` (a list of
+  ``{"id", "image", "conversations", ...}``) and the images under their source
+  relative paths (PNG where the source was lossy or not a file: ``.jpg`` becomes
+  ``.png``). A LLaVA-JSON source keeps its records: every key and every turn as
+  it was, with only the protected question changed in the first human turn
+  (``<image>`` where it was). Nothing in it names the trigger.
+
+A release is written to a temporary folder beside the target and moved into
 place at the end, so a failed write leaves nothing half-done.
 """
 from __future__ import annotations
@@ -16,10 +27,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from .data import DataError, VQADataset, load_jsonl
+from .data import SOURCE_RECORD, DataError, VQADataset, load_jsonl, load_llava_json
 
 __all__ = ["write_release", "read_release", "verify_release", "inserted_words", "check_release_target", "package_versions", "sha256_file",
-           "ReleaseError"]
+           "ReleaseError", "LAYOUTS"]
+
+#: release layouts (see the module docstring)
+LAYOUTS = ("mmguard", "llava")
+#: image suffixes written as they are (lossless); anything else becomes .png
+_LOSSLESS = {".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
 
 PathLike = Union[str, os.PathLike]
 _PACKAGES = ("torch", "torchvision", "transformers", "peft", "timm", "open_clip_torch", "numpy", "Pillow",
@@ -70,36 +86,98 @@ def check_release_target(out: PathLike, dataset: VQADataset, overwrite: bool = F
     return out
 
 
-def write_release(protection, out: PathLike, overwrite: bool = False,
-                  extra: Optional[Dict[str, Any]] = None) -> Path:
-    """Write a :class:`~toolkit.defenses.Protection` as a release folder; returns its path.
-
-    Refuses to write into (or above) the source dataset's folder, and into a
-    non-empty folder unless ``overwrite`` is set.
-    """
+def _mmguard_records(dataset: VQADataset, tmp: Path) -> None:
+    """``images/<n>.png`` and ``data.jsonl`` (the toolkit's layout)."""
     from PIL import Image
 
-    out = check_release_target(out, protection.source, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        (tmp / "images").mkdir()
-        records = []
-        width = max(6, len(str(len(protection.dataset))))
-        for i, s in enumerate(protection.dataset):
+    width = max(6, len(str(len(dataset))))
+    with open(tmp / "data.jsonl", "w", encoding="utf-8") as f:
+        for i, s in enumerate(dataset):
             rel = f"images/{i:0{width}d}.png"
+            (tmp / "images").mkdir(exist_ok=True)
             Image.fromarray(s.image).save(tmp / rel, format="PNG", optimize=False)
             rec: Dict[str, Any] = {"id": s.id, "image": rel, "question": s.question, "answer": s.answer}
             if s.choices is not None:
                 rec["choices"] = list(s.choices)
-            rec.update({k: v for k, v in dict(s.meta).items() if k not in rec})
-            records.append(rec)
-        with open(tmp / "data.jsonl", "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            rec.update({k: v for k, v in dict(s.meta).items() if k not in rec and k != SOURCE_RECORD})
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def _release_name(source_rel: Optional[str], index: int, width: int, taken: set) -> str:
+    """Relative file name of one image in a LLaVA-layout release (lossless suffixes kept, else .png; unique)."""
+    if source_rel is None:
+        base = Path("images") / f"{index:0{width}d}.png"
+    else:
+        base = Path(source_rel)
+        if base.suffix.lower() not in _LOSSLESS:
+            base = base.with_suffix(".png")
+    name, k = base.as_posix(), 1
+    while name.lower() in taken or name in ("data.json", "manifest.json"):
+        name = base.with_name(f"{base.stem}-{k}{base.suffix}").as_posix()
+        k += 1
+    taken.add(name.lower())
+    return name
+
+
+def _protected_turn(value: str, source_question: str, question: str) -> str:
+    """The human turn ``value`` with the source question replaced by the released one (``<image>`` kept)."""
+    if question == source_question:
+        return value
+    if value.count(source_question) == 1:
+        return value.replace(source_question, question)
+    return "<image>\n" + question if "<image>" in value else question
+
+
+def _llava_records(dataset: VQADataset, tmp: Path) -> None:
+    """``data.json`` and the images under their source names (the drop-in LLaVA layout)."""
+    from PIL import Image
+
+    records, taken = [], set()
+    width = max(6, len(str(len(dataset))))
+    for i, s in enumerate(dataset):
+        src = dict(s.meta).get(SOURCE_RECORD)
+        rel = _release_name(src["image"] if src else None, i, width, taken)
+        target = tmp / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(s.image).save(target, format=_LOSSLESS.get(target.suffix.lower(), "PNG"))
+        extra = {k: v for k, v in dict(s.meta).items() if k not in (SOURCE_RECORD, "trigger")}
+        if src:
+            conv = [dict(turn) for turn in src["conversations"]]
+            human = conv[src["turn"]]
+            source_question = str(human["value"]).replace("<image>", "").strip()
+            human["value"] = _protected_turn(str(human["value"]), source_question, s.question)
+        else:
+            conv = [{"from": "human", "value": "<image>\n" + s.question}, {"from": "gpt", "value": s.answer}]
+        rec: Dict[str, Any] = {"id": s.id, "image": rel, "conversations": conv}
+        if s.choices is not None:
+            rec["choices"] = list(s.choices)
+        rec.update({k: v for k, v in extra.items() if k not in rec})
+        records.append(rec)
+    (tmp / "data.json").write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def write_release(protection, out: PathLike, overwrite: bool = False,
+                  extra: Optional[Dict[str, Any]] = None, layout: str = "mmguard") -> Path:
+    """Write a :class:`~toolkit.defenses.Protection` as a release folder; returns its path.
+
+    Args:
+        layout: ``"mmguard"`` (images/ + data.jsonl with trigger annotations; the owner's copy) or
+            ``"llava"`` (data.json in LLaVA's layout under the source's file names; the copy to publish).
+
+    Refuses to write into (or above) the source dataset's folder, and into a
+    non-empty folder unless ``overwrite`` is set.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    out = check_release_target(out, protection.source, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (_llava_records if layout == "llava" else _mmguard_records)(protection.dataset, tmp)
+        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
             "format": "mmguard-release/1",
+            "layout": layout,
             "defense": protection.defense,
             "config": protection.config,
             "surrogates": protection.surrogates,
@@ -130,7 +208,7 @@ def write_release(protection, out: PathLike, overwrite: bool = False,
 
 
 def read_release(path: PathLike, verify: bool = True) -> VQADataset:
-    """Load a release folder as a dataset, checking every file's sha256 against the manifest."""
+    """Load a release folder (either layout) as a dataset, checking every file's sha256 against the manifest."""
     path = Path(path)
     manifest_file = path / "manifest.json"
     if not manifest_file.is_file():
@@ -141,7 +219,10 @@ def read_release(path: PathLike, verify: bool = True) -> VQADataset:
             target = path / rel
             if not target.is_file() or sha256_file(target) != digest:
                 raise ReleaseError(f"{target}: missing or modified (sha256 mismatch with manifest)")
-    return load_jsonl(path / "data.jsonl", name=f"release:{manifest.get('defense')}")
+    name = f"release:{manifest.get('defense')}"
+    if manifest.get("layout", "mmguard") == "llava":
+        return load_llava_json(path / "data.json", name=name)
+    return load_jsonl(path / "data.jsonl", name=name)
 
 
 def inserted_words(source: Sequence[str], released: Sequence[str]) -> Optional[List[str]]:
