@@ -21,6 +21,7 @@ from ..metrics import evaluate_answers, trigger_removal
 from ..release import write_release
 from ..surrogates import Ensemble
 from .cache import StageCache, content_hash
+from .code import code_identity
 from .models import ModelStore
 from .spec import CountermeasureSpec, DefenseSpec, MatrixError, MatrixSpec, data_source, dataset_config
 
@@ -87,7 +88,8 @@ class Stages:
         """Protect ``train`` with the row's defense; returns (cache key, meta); the release is at
         ``cache.path("protect", key) / "release"``."""
         key = content_hash("protect", dspec.name, dspec.config, seed,
-                           [self.models.identity(s) for s in dspec.surrogates], dspec.weights, self.spec.data)
+                           [self.models.identity(s) for s in dspec.surrogates], dspec.weights, self.spec.data,
+                           code_identity(DEFENSES.get(dspec.name)))
         if not self.cache.has("protect", key):
             def build(tmp: Path) -> Dict[str, Any]:
                 defense = DEFENSES.create(dspec.name, **{**dspec.config, "seed": seed})
@@ -129,11 +131,18 @@ class Stages:
                 ident.update(member.fit_identity(ctx))
         return ident
 
+    @staticmethod
+    def code_identity(cm: CountermeasureSpec) -> list:
+        """Code identities of a column's countermeasure: the registered class and, for a chain, each member's."""
+        made = COUNTERMEASURES.create(cm.name, **cm.config)
+        return sorted({code_identity(type(made))} | {code_identity(type(m)) for m in made.members()})
+
     def transform(self, source_key: str, released: VQADataset, cm: CountermeasureSpec, seed: int,
                   dspec: DefenseSpec, owner_train: VQADataset, attacker_clean) -> Tuple[str, Dict[str, Any]]:
         """Apply the column's countermeasure to a release (fitting its members on the attacker's side first);
         returns (cache key, meta). A training-side countermeasure only records that it is one."""
-        key = content_hash("transform", source_key, cm.name, cm.config, seed, self.fit_identity(cm, dspec, seed))
+        key = content_hash("transform", source_key, cm.name, cm.config, seed, self.fit_identity(cm, dspec, seed),
+                           self.code_identity(cm))
         if not self.cache.has("transform", key):
             def build(tmp: Path) -> Dict[str, Any]:
                 t0 = time.perf_counter()
