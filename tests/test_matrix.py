@@ -81,6 +81,22 @@ def test_rerun_hits_cache(first_run):
     assert _acc(again) == _acc(rows)
 
 
+def test_a_damaged_cache_entry_is_detected_and_recomputed(first_run, caplog):
+    out, rows = first_run
+    protect = out / "cache" / "protect"
+    entry = next(e for e in sorted(protect.iterdir()) if (e / "release" / "images").is_dir())
+    png = sorted((entry / "release" / "images").glob("*.png"))[0]
+    png.write_bytes(png.read_bytes()[:40])  # a truncated file (a full disk, a bad copy)
+    with caplog.at_level("WARNING"):
+        again = run_matrix(_spec(), out, progress=False)
+    assert "is damaged" in caplog.text and "changed since it was written" in caplog.text
+    assert _computed(out)["protect"] == 1  # that protection, and only it, was rebuilt
+    assert _acc(again) == _acc(rows)
+    (entry / "digests.json").unlink()  # an entry from before digests were recorded is still used
+    run_matrix(_spec(), out, progress=False)
+    assert _computed(out) == {"protect": 0, "transform": 0, "pretrain": 0, "finetune": 0}
+
+
 def test_changed_config_misses_only_what_depends_on_it(first_run, tmp_path):
     out, _ = first_run
     run_matrix(_spec(quality=30), out, progress=False)

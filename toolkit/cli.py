@@ -460,7 +460,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("interrupted: every finished stage is cached (and its rows are in rows.jsonl); run the same "
               "command again to resume", file=sys.stderr)
         return 130
-    except (DataError, ReleaseError, CapabilityError, ValueError, KeyError, TypeError, FileNotFoundError,
+    except (DataError, ReleaseError, CapabilityError, ValueError, KeyError, TypeError, OSError,
             argparse.ArgumentTypeError, ImportError, RuntimeError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)

@@ -4,10 +4,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator
+from typing import Any, Callable, Dict, Iterator, Optional
+
+from ..release import sha256_file
 
 try:  # POSIX advisory locks; elsewhere concurrent runs on one cache are not coordinated
     import fcntl
@@ -15,6 +18,11 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 __all__ = ["StageCache", "content_hash"]
+
+log = logging.getLogger(__name__)
+
+#: per-entry file listing every other file's sha256 (written before done.json)
+_DIGESTS = "digests.json"
 
 
 def content_hash(*parts: Any) -> str:
@@ -50,8 +58,38 @@ class StageCache:
         return self.root / stage / key
 
     def has(self, stage: str, key: str) -> bool:
-        """Whether the output exists and finished."""
-        return (self.path(stage, key) / "done.json").is_file()
+        """Whether the output exists, finished and is intact. An entry whose files no longer match the
+        digests recorded when it was written (a truncated or edited file, a lost file) is discarded with a
+        warning, so the caller recomputes it."""
+        folder = self.path(stage, key)
+        if not (folder / "done.json").is_file():
+            return False
+        problem = self._damage(folder)
+        if problem is None:
+            return True
+        log.warning("cache entry %s/%s is damaged (%s): recomputing it", stage, key, problem)
+        shutil.rmtree(folder, ignore_errors=True)
+        return False
+
+    @staticmethod
+    def _damage(folder: Path) -> Optional[str]:
+        """What is wrong with a finished entry (None: nothing; entries written before digests were recorded
+        are only checked for a readable done.json)."""
+        try:
+            json.loads((folder / "done.json").read_text())
+            listed = folder / _DIGESTS
+            if not listed.is_file():
+                return None
+            digests = json.loads(listed.read_text())
+        except (OSError, ValueError) as exc:
+            return f"unreadable record: {exc}"
+        for rel, digest in digests.items():
+            target = folder / rel
+            if not target.is_file():
+                return f"{rel} is missing"
+            if sha256_file(target) != digest:
+                return f"{rel} changed since it was written"
+        return None
 
     def meta(self, stage: str, key: str) -> Dict[str, Any]:
         """The ``done.json`` of a finished output."""
@@ -71,6 +109,8 @@ class StageCache:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             meta = build(tmp)
+            digests = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            (tmp / _DIGESTS).write_text(json.dumps(digests))
             (tmp / "done.json").write_text(json.dumps(meta, default=str))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
