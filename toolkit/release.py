@@ -171,6 +171,8 @@ def write_release(protection, out: PathLike, overwrite: bool = False,
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     out = check_release_target(out, protection.source, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)  # what a killed writer of this release left behind
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         (_llava_records if layout == "llava" else _mmguard_records)(protection.dataset, tmp)
