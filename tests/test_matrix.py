@@ -168,7 +168,7 @@ def test_threat_model_labels():
     ({"defenses": [7]}, r"defenses\[0\]: a name or a mapping"),
     ({"seeds": "1"}, "seeds: an int or a list of them"),
     ({"seeds": [0, True]}, "seeds: an int or a list of them"),
-    ({"victims": [3]}, "victims: a str or a list of them"),
+    ({"victims": [3]}, "victims: a string or a list of them"),
 ])
 def test_bad_specs(patch, message):
     with pytest.raises((MatrixError, TypeError, ValueError), match=message):

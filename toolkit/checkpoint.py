@@ -19,10 +19,14 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 import torch
 
-__all__ = ["RunCheckpoint", "fingerprint", "CheckpointMismatch"]
+__all__ = ["RunCheckpoint", "fingerprint", "CheckpointError", "CheckpointMismatch"]
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used (unreadable, or it holds pickled objects beyond tensors and plain data)."""
+
+
+class CheckpointMismatch(CheckpointError):
     """The checkpoint file belongs to a different run (config, data or surrogates changed)."""
 
 
@@ -58,8 +62,13 @@ class RunCheckpoint:
         """The saved state, or None when there is none; raises :class:`CheckpointMismatch` for another run's file."""
         if self.path is None or not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") != self.key:
+        try:  # tensors and plain containers only: a pickled object's code never runs
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # UnpicklingError for foreign objects; RuntimeError / EOFError for torn files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"refusing to load {self.path}: not a checkpoint of plain tensors and data "
+                                  f"({first})") from None
+        if not isinstance(state, dict) or state.get("fingerprint") != self.key:
             raise CheckpointMismatch(
                 f"{self.path} was written by a different run (config, data or surrogates differ); "
                 f"delete it or pass another checkpoint path")

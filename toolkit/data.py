@@ -174,6 +174,8 @@ def load_image(path: PathLike) -> np.ndarray:
             rgb = im.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
+    except Image.DecompressionBombError as exc:  # a header claiming billions of pixels
+        raise DataError(f"{path}: image too large to load safely ({exc.args[0].split(',')[0]})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: unreadable or truncated image ({exc})") from None
     return np.asarray(rgb, dtype=np.uint8).copy()
@@ -223,7 +225,9 @@ def load_jsonl(path: PathLike, name: Optional[str] = None) -> VQADataset:
         meta = {k: v for k, v in rec.items() if k not in {"id", "image", "question", "answer", "choices"}}
         samples.append(VQASample(sid, check_image(image, where), _text(rec, "question", where),
                                  _text(rec, "answer", where), _choices(rec, where), meta))
-    return VQADataset(samples, name or path.stem, root).require_nonempty()
+    if not samples:
+        raise DataError(f"{path}: no records (the dataset is empty)")
+    return VQADataset(samples, name or path.stem, root)
 
 
 def load_llava_json(path: PathLike, image_folder: Optional[PathLike] = None,
@@ -273,7 +277,9 @@ def load_llava_json(path: PathLike, image_folder: Optional[PathLike] = None,
         meta[SOURCE_RECORD] = {"image": rec["image"], "conversations": conv, "turn": h_index,
                                "answer_turn": conv.index(gpt, h_index + 1)}
         samples.append(VQASample(sid, image, question, answer, _choices(rec, where), meta))
-    return VQADataset(samples, name or path.stem, root).require_nonempty()
+    if not samples:
+        raise DataError(f"{path}: no records (the dataset is empty)")
+    return VQADataset(samples, name or path.stem, root)
 
 
 def load_dataset(path: PathLike, **kwargs: Any) -> VQADataset:

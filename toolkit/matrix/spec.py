@@ -91,7 +91,9 @@ class MatrixSpec:
                 import_plugin(module)
             except ImportError as exc:
                 raise MatrixError(f"plugins: cannot import {module!r}: {exc}") from None
-        models = dict(spec.get("models") or {})
+        if not isinstance(spec.get("name", "matrix"), str):
+            raise MatrixError(f"name: a string, got {spec.get('name')!r}")
+        models = _mapping(spec.get("models"), "models")
         for key, m in models.items():
             if not isinstance(m, dict) or sum(k in m for k in ("tiny", "path", "zoo")) != 1:
                 raise MatrixError(f"models.{key}: give exactly one of 'tiny: FAMILY', 'zoo: NAME' or 'path: FOLDER'")
@@ -109,42 +111,52 @@ class MatrixSpec:
                     raise MatrixError(f"models.{key}.zoo: one of {sorted(ZOO)} and no other keys, got {m!r}")
         defenses = [DefenseSpec("clean", None)]
         for i, d in enumerate(_entries(spec.get("defenses"), "defenses", _DEFENSE_KEYS)):
-            d = {**d, "config": _fractions(d.get("config") or {})}
+            d = {**d, "config": _fractions(_mapping(d.get("config"), f"defenses[{i}].config"))}
             name = d.get("name")
-            if name not in DEFENSES:
+            if not isinstance(name, str) or name not in DEFENSES:
                 raise MatrixError(f"defenses[{i}].name: unknown defense {name!r}; known: {DEFENSES.names()}")
-            DEFENSES.create(name, **(d.get("config") or {}))  # validates the config now
+            try:
+                DEFENSES.create(name, **d["config"])  # validates the config now
+            except (TypeError, ValueError) as exc:
+                raise MatrixError(f"defenses[{i}].config: {exc}") from None
             surrogates = tuple(_as_list(d.get("surrogates"), f"defenses[{i}].surrogates", str))
             for s in surrogates:
                 if s not in models:
                     raise MatrixError(f"defenses[{i}].surrogates: unknown model {s!r}")
             if DEFENSES.get(name).needs_surrogate and not surrogates:
                 raise MatrixError(f"defenses[{i}] ({name}) needs at least one surrogate")
-            weights = tuple(float(w) for w in d["weights"]) if d.get("weights") is not None else None
+            weights = tuple(float(w) for w in _as_list(d.get("weights"), f"defenses[{i}].weights", (int, float))) \
+                if d.get("weights") is not None else None
             label = d.get("label") or name
+            if not isinstance(label, str):
+                raise MatrixError(f"defenses[{i}].label: a string, got {label!r}")
             if label in ("clean", ZERO_SHOT):
                 raise MatrixError(f"the label {label!r} is reserved for the no-defense and zero-shot controls")
             defenses.append(DefenseSpec(label, name, dict(d.get("config") or {}), surrogates, weights))
         labels = [d.label for d in defenses]
         if len(set(labels)) != len(labels):
             raise MatrixError(f"defense labels must be unique, got {labels}")
-        data = dict(spec.get("data") or {"source": "digits"})
+        data = _mapping(spec.get("data"), "data") or {"source": "digits"}
         _check_data(data)
         attacker_clean = data.get("attacker_clean", 0)
         if not isinstance(attacker_clean, int) or attacker_clean < 0:
             raise MatrixError(f"data.attacker_clean: a sample count >= 0, got {attacker_clean!r}")
         cms = [CountermeasureSpec("none", None)]
         for i, c in enumerate(_entries(spec.get("countermeasures"), "countermeasures", _COUNTERMEASURE_KEYS)):
-            c = {**c, "config": _fractions(c.get("config") or {})}
+            c = {**c, "config": _fractions(_mapping(c.get("config"), f"countermeasures[{i}].config"))}
             name = c.get("name")
+            if not isinstance(name, str):
+                raise MatrixError(f"countermeasures[{i}].name: a registered countermeasure name, got {name!r}")
             try:
                 made = COUNTERMEASURES.create(name, **(c.get("config") or {}))
             except (KeyError, TypeError, ValueError) as exc:
                 raise MatrixError(f"countermeasures[{i}]: {exc}") from None
             label = c.get("label") or name
+            if not isinstance(label, str):
+                raise MatrixError(f"countermeasures[{i}].label: a string, got {label!r}")
             if label == "none":
                 raise MatrixError("the label 'none' is reserved for the no-countermeasure control")
-            fit = dict(c.get("fit") or {})
+            fit = _mapping(c.get("fit"), f"countermeasures[{i}].fit")
             fitted_members = [m for m in made.members() if m.needs_fit]
             fitted = [m.name for m in fitted_members]
             if fitted and not attacker_clean:
@@ -172,7 +184,7 @@ class MatrixSpec:
         if bad:
             raise MatrixError(f"metrics: unknown {bad}; known: {METRICS.names()}")
         seeds = tuple(_as_list(spec.get("seeds"), "seeds", int) or (0,))
-        finetune = dict(spec.get("finetune") or {})
+        finetune = _mapping(spec.get("finetune"), "finetune")
         _check_finetune(finetune, data)
         zero_shot = spec.get("zero_shot", False)
         if not isinstance(zero_shot, bool):
@@ -186,16 +198,25 @@ _DEFENSE_KEYS = frozenset({"label", "name", "config", "surrogates", "weights"})
 _COUNTERMEASURE_KEYS = frozenset({"label", "name", "config", "fit"})
 
 
-def _as_list(value: Any, where: str, kind: type) -> List[Any]:
+def _mapping(value: Any, where: str) -> Dict[str, Any]:
+    """A spec field that holds a mapping (``None`` -> {}); anything else is an error naming the field."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MatrixError(f"{where}: a mapping (key: value), got {value!r}")
+    return dict(value)
+
+
+def _as_list(value: Any, where: str, kind: Any) -> List[Any]:
     """A spec field that holds a list: ``None`` -> [], a single ``kind`` value -> [value]; every item must be
     a ``kind`` (bools are not ints); errors name the field and the expected type."""
     if value is None:
         return []
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     for item in items:
-        if not isinstance(item, kind) or (kind is int and isinstance(item, bool)):
-            article = "an" if kind is int else "a"
-            raise MatrixError(f"{where}: {article} {kind.__name__} or a list of them, got {value!r}")
+        if not isinstance(item, kind) or (kind is not str and isinstance(item, bool)):
+            what = {int: "an int", str: "a string"}.get(kind, "a number")
+            raise MatrixError(f"{where}: {what} or a list of them, got {value!r}")
     return items
 
 
