@@ -11,7 +11,7 @@ from toolkit.data import VQASample, images_to_tensor
 from toolkit.digits import DIGIT_WORDS, load_digits_vqa
 from toolkit.surrogates import CapabilityError, load_surrogate, model_type_of
 from toolkit.surrogates.clip import ClipSurrogate
-from toolkit.surrogates.eval_transforms import DifferentiableEvalTransform
+from toolkit.surrogates.processing import DifferentiableEvalTransform
 from toolkit.surrogates.tiny import TINY_BUILDERS
 from toolkit.surrogates.tiny.clip import build_tiny_clip
 from toolkit.surrogates.tiny.other import OTHER_TINY_BUILDERS, build_tiny_other

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +7,7 @@ from skimage import data as skdata
 from transformers import CLIPImageProcessor
 from transformers.models.clip import CLIPImageProcessorPil
 
-from toolkit.surrogates.image_processing import DifferentiableClipProcessor, round_ste
+from toolkit.surrogates.processing import DifferentiableClipProcessor, normalisation_settings, round_ste
 
 
 def _images():
@@ -57,3 +59,13 @@ def test_round_ste_forward_rounds_backward_identity():
     assert torch.equal(y, torch.tensor([0.0, 2.0]))
     y.sum().backward()
     assert torch.equal(x.grad, torch.ones(2))
+
+
+def test_settings_reader_defaults_scalars_and_resize_switch():
+    real = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_resize=False)
+    assert normalisation_settings(real, resize=True) == {
+        "rescale_factor": 1 / 255, "mean": tuple(real.image_mean), "std": tuple(real.image_std),
+        "do_rescale": True, "do_normalize": True, "do_resize": False}
+    bare = SimpleNamespace(image_mean=0.5, image_std=[0.25, 0.5, 1])  # a scalar is repeated per channel
+    assert normalisation_settings(bare) == {"rescale_factor": 1 / 255, "mean": (0.5, 0.5, 0.5),
+                                            "std": (0.25, 0.5, 1.0), "do_rescale": True, "do_normalize": True}

@@ -8,7 +8,7 @@ from skimage import data as skdata
 
 from toolkit.data import images_to_tensor
 from toolkit.surrogates import HFVisionLanguageSurrogate, LoraSettings, load_surrogate
-from toolkit.surrogates.regions import region_means
+from toolkit.surrogates.processing import region_means
 from toolkit.surrogates.tiny import build_tiny, tiny_families
 
 FAMILIES = tiny_families()

@@ -47,7 +47,7 @@ import torch
 from ..attention import align_unpadded_to_protected, attention_rows, kl_divergence, mass_loss, perturbation_token_mask
 from ..engine import gather
 from ..registry import check_range
-from ..surrogates.regions import region_means
+from ..surrogates.processing import region_means
 from ..triggers import check_trigger_position
 from .base import DEFENSES
 from .minmin import MinMinConfig, MinMinDefense, MinMinRun

@@ -25,7 +25,7 @@ from ..attention import (align_to_protected, attention_mass, attention_rows, mas
                          tv_distance, tv_lower_bound)
 from ..data import VQASample, images_to_tensor
 from ..engine import shape_batches
-from ..surrogates.regions import region_means
+from ..surrogates.processing import region_means
 
 __all__ = ["mechanism_metrics"]
 

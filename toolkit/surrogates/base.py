@@ -11,6 +11,7 @@ gray-box = same family, other weights; black-box = other family.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ import torch
 
 from ..data import VQASample
 
-__all__ = ["Surrogate", "CAPABILITIES", "resolve_dtype", "resolve_device", "CapabilityError", "LoraSettings"]
+__all__ = ["Surrogate", "CAPABILITIES", "resolve_dtype", "resolve_device", "CapabilityError", "LoraSettings",
+           "Reinitializable", "ConfigAndWeightsFolder"]
 
 #: Capability names a surrogate may declare:
 #: ``image_grad`` (loss differentiable in the pixels), ``text`` (the question enters the loss),
@@ -90,7 +92,9 @@ class Surrogate(ABC):
         gradient_checkpointing: trade compute for memory in training and PGD.
 
     Subclasses set ``family`` and ``capabilities`` and implement :meth:`loss`,
-    :meth:`answer` and :meth:`trainable_parameters`.
+    :meth:`answer` and :meth:`trainable_parameters`. A family whose differentiable
+    processor has a fixed output size stores it as ``self.image_processor`` when
+    loading and gets :attr:`image_size` and :meth:`pixel_inputs` from here.
     """
 
     family: ClassVar[str] = "base"
@@ -120,9 +124,26 @@ class Surrogate(ABC):
         """Load and return the model (and any processor state) from ``self.path``."""
 
     @property
-    @abstractmethod
     def image_size(self) -> tuple:
-        """(height, width) the model sees after preprocessing; datasets are upscaled to it."""
+        """(height, width) the model sees after preprocessing; datasets are upscaled to it.
+
+        Default: the ``output_size`` of the family's ``image_processor`` (a fixed-size
+        differentiable processor set when loading); families whose processed size
+        depends on the raw image override it.
+        """
+        processor = getattr(self, "image_processor", None)
+        if processor is None:
+            raise NotImplementedError(f"{type(self).__name__} has no image_processor; it must define image_size")
+        return tuple(processor.output_size)
+
+    def pixel_inputs(self, pixels: torch.Tensor) -> Any:
+        """The model's image input from raw (N, 3, H, W) in [0, 1] (differentiable).
+
+        Default: the family's ``image_processor`` applied on the surrogate's device,
+        cast to the model dtype: normalised (N, 3, h, w). LVLMs return a dict of model
+        keyword inputs instead (:meth:`HFVisionLanguageSurrogate.pixel_inputs`).
+        """
+        return self.image_processor(self.to_device(pixels)).to(self.dtype)
 
     @abstractmethod
     def loss_and_correct(self, pixels: torch.Tensor, samples: Sequence[VQASample]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -198,5 +219,80 @@ class Surrogate(ABC):
         """Save the (possibly fine-tuned) model and its processor in the ``save_pretrained`` layout."""
         raise NotImplementedError(f"{type(self).__name__} cannot be saved")
 
+    def token_embeddings(self) -> torch.nn.Module:
+        """The token-embedding module whose output :meth:`_capture_embeddings` captures (hook of the
+        ``token_grad`` families; the default has none)."""
+        raise NotImplementedError(f"{type(self).__name__} has no token embeddings")
+
+    @contextlib.contextmanager
+    def _capture_embeddings(self, store: List[torch.Tensor]) -> Iterator[None]:
+        """Replace the output of :meth:`token_embeddings` (N, L, D) by a leaf requiring grad, appended to
+        ``store`` (its ``.grad`` is filled by a backward pass)."""
+        def hook(module, args, output):
+            leaf = output.detach().requires_grad_(True)
+            store.append(leaf)
+            return leaf
+
+        handle = self.token_embeddings().register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, device={self.device}, dtype={self.dtype})"
+
+
+class Reinitializable:
+    """Mixin giving a :class:`Surrogate` ``reinitialize(seed)`` (the ``trainable`` capability's protocol).
+
+    The family supplies :meth:`fresh_model`; the mixin draws it under a forked,
+    seeded RNG (the global RNG stream is left untouched) and copies its weights
+    into ``self.model`` in the model dtype.
+    """
+
+    def fresh_model(self) -> torch.nn.Module:
+        """A new randomly initialised model of the same architecture, drawn from the current RNG (hook)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot build a fresh model")
+
+    @torch.no_grad()
+    def reinitialize(self, seed: int) -> None:
+        """Overwrite every weight with a fresh random initialisation of the same architecture (seeded).
+
+        For from-scratch surrogates (min-min restarts with new inits); not for pretrained models.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            fresh = self.fresh_model()
+        self.model.load_state_dict(fresh.to(dtype=self.dtype).state_dict())
+
+
+class ConfigAndWeightsFolder:
+    """Mixin giving a :class:`Surrogate` a ``save`` in a JSON-config + safetensors layout (open_clip, timm).
+
+    Class attributes: ``config_name`` (the JSON file) and ``weight_names`` (weight files the
+    loader accepts, preferred first: ``save`` writes the first as safetensors and deletes
+    the others so no stale checkpoint stays next to it). Hook: :meth:`saved_config`.
+    """
+
+    config_name: ClassVar[str]
+    weight_names: ClassVar[Tuple[str, ...]]
+
+    def saved_config(self) -> Dict[str, Any]:
+        """The JSON-able config written next to the weights (hook)."""
+        raise NotImplementedError
+
+    def save(self, path: Union[str, os.PathLike]) -> Path:
+        """Write the config (:meth:`saved_config`) and the model's state dict (safetensors); returns ``path``."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / self.config_name).write_text(json.dumps(self.saved_config(), indent=2))
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(path / self.weight_names[0]))
+        for name in self.weight_names[1:]:
+            stale = path / name
+            if stale.is_file():  # the loader prefers the first name, but do not leave two different checkpoints
+                stale.unlink()
+        return path

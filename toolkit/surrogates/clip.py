@@ -23,17 +23,15 @@ import contextlib
 import copy
 import functools
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ..data import VQASample
-from .base import Surrogate
-from .eval_transforms import DifferentiableEvalTransform
+from .base import ConfigAndWeightsFolder, Reinitializable, Surrogate
+from .processing import DifferentiableEvalTransform
 from .registry import SURROGATES
 
 __all__ = ["ClipSurrogate", "ClipForward", "CONFIG_NAME", "WEIGHT_NAMES", "build_open_clip_model"]
@@ -101,7 +99,7 @@ def build_open_clip_model(model_cfg: Dict[str, Any]) -> torch.nn.Module:
 
 
 @SURROGATES.register("open_clip")
-class ClipSurrogate(Surrogate):
+class ClipSurrogate(ConfigAndWeightsFolder, Reinitializable, Surrogate):
     """An open_clip CLIP model (contrastive image-text) from a local folder.
 
     Args: see :class:`Surrogate` (``gradient_checkpointing`` uses open_clip's ``set_grad_checkpointing``).
@@ -124,6 +122,8 @@ class ClipSurrogate(Surrogate):
     family = "open_clip"
     capabilities = frozenset({"image_grad", "text", "token_grad", "trainable"})
     contrastive = True
+    config_name = CONFIG_NAME
+    weight_names = WEIGHT_NAMES
 
     # ----------------------------------------------------------------- loading
     def _load(self) -> torch.nn.Module:
@@ -172,44 +172,22 @@ class ClipSurrogate(Surrogate):
         """The module holding ``token_embedding`` (the model itself for ``CLIP``, ``.text`` otherwise)."""
         return model.text if hasattr(model, "text") and not hasattr(model, "token_embedding") else model
 
-    @property
-    def image_size(self) -> tuple:
-        """(height, width) of the model input (the crop of ``preprocess_cfg``)."""
-        return tuple(self.image_processor.output_size)
-
-    def save(self, path: Union[str, os.PathLike]) -> Path:
-        """Write ``open_clip_config.json`` and ``open_clip_model.safetensors`` (the loading layout)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+    def saved_config(self) -> Dict[str, Any]:
+        """The loaded ``open_clip_config.json`` with the preprocessing in use (mean, std, interpolation,
+        resize mode) written into ``preprocess_cfg`` (what :meth:`save` writes next to the weights)."""
         config = copy.deepcopy(self.config)
         pp = dict(config.get("preprocess_cfg", {}) or {})
         pp.update({k: self.preprocess_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode")
                    if k in self.preprocess_cfg})
         pp["mean"], pp["std"] = list(pp["mean"]), list(pp["std"])
         config["preprocess_cfg"] = pp
-        (path / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(path / WEIGHT_NAMES[0]))
-        stale = path / WEIGHT_NAMES[1]
-        if stale.is_file():  # the loader prefers safetensors, but do not leave two different checkpoints
-            stale.unlink()
-        return path
+        return config
 
-    @torch.no_grad()
-    def reinitialize(self, seed: int) -> None:
-        """Overwrite every weight with a fresh random initialisation (seeded) of the same architecture."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            fresh = build_open_clip_model(self.config["model_cfg"])
-        self.model.load_state_dict(fresh.to(dtype=self.dtype).state_dict())
+    def fresh_model(self) -> torch.nn.Module:
+        """A randomly initialised open_clip model of the loaded ``model_cfg`` (hook of ``reinitialize``)."""
+        return build_open_clip_model(self.config["model_cfg"])
 
     # ----------------------------------------------------------------- inputs
-    def pixel_inputs(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Normalised model input (N, 3, h, w) from raw (N, 3, H, W) in [0, 1] (differentiable)."""
-        return self.image_processor(self.to_device(pixels)).to(self.dtype)
-
     def caption(self, sample: VQASample) -> str:
         """Caption text paired with ``sample``'s image: ``f"{question} {answer}"``.
 
@@ -276,9 +254,13 @@ class ClipSurrogate(Surrogate):
             self._trigger_vocab = Vocabulary(torch.tensor([t for t, _ in pairs]), tuple(w for _, w in pairs))
         return self._trigger_vocab
 
+    def token_embeddings(self) -> torch.nn.Module:
+        """The text tower's token-embedding module (captured by ``run(embedding_grad=True)``)."""
+        return self._text_tower(self.model).token_embedding
+
     def embedding_matrix(self) -> torch.Tensor:
         """Token-embedding weights (V, D) of the text tower (for HotFlip scores)."""
-        return self._text_tower(self.model).token_embedding.weight
+        return self.token_embeddings().weight
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """L2-normalised image embeddings (N, E), float32, differentiable in ``pixels``."""
@@ -292,20 +274,6 @@ class ClipSurrogate(Surrogate):
         """
         with self._capture_embeddings(embeddings) if embeddings is not None else contextlib.nullcontext():
             return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
-
-    @contextlib.contextmanager
-    def _capture_embeddings(self, store: List[torch.Tensor]) -> Iterator[None]:
-        """Replace the token-embedding output by a leaf requiring grad, appended to ``store``."""
-        def hook(module, args, output):
-            leaf = output.detach().requires_grad_(True)
-            store.append(leaf)
-            return leaf
-
-        handle = self._text_tower(self.model).token_embedding.register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
 
     # ----------------------------------------------------------------- loss
     def run(self, pixels: torch.Tensor, samples: Sequence[VQASample], *, embedding_grad: bool = False,

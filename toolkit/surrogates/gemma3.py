@@ -17,10 +17,9 @@ from typing import Dict
 
 import torch
 
-from .hf_lvlm import HFVisionLanguageSurrogate
-from .regions import grid_regions
+from .hf_lvlm import HFVisionLanguageSurrogate, strip_template_bos
+from .processing import DifferentiableFixedSizeProcessor, grid_regions
 from .registry import SURROGATES
-from .tv_processing import DifferentiableFixedSizeProcessor, strip_template_bos
 
 __all__ = ["Gemma3Surrogate", "wake_gemma3_projector"]
 
@@ -79,16 +78,7 @@ class Gemma3Surrogate(HFVisionLanguageSurrogate):
         tok = self.tokenizer
         self.boi_token, self.eoi_token, self.soft_token = tok.boi_token, tok.eoi_token, tok.image_token
 
-    @property
-    def image_size(self) -> tuple:
-        """(height, width) of ``pixel_values`` (the SigLIP resolution)."""
-        return tuple(self.image_processor.output_size)
-
     # ----------------------------------------------------------------- images
-    def pixel_inputs(self, pixels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """``{"pixel_values": (N, 3, S, S)}`` from (N, 3, H, W) in [0, 1] (differentiable)."""
-        return {"pixel_values": self.image_processor(pixels).to(self.dtype)}
-
     def num_image_tokens(self, height: int, width: int) -> int:
         """Soft tokens per image (``mm_tokens_per_image``; independent of the raw size)."""
         return self.tokens_per_side ** 2

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from ..data import VQASample
-from .base import LoraSettings, Surrogate
+from .base import LoraSettings, Reinitializable, Surrogate
 
-__all__ = ["HFVisionLanguageSurrogate", "TokenBatch", "LoraSettings", "ForwardResult"]
+__all__ = ["HFVisionLanguageSurrogate", "TokenBatch", "LoraSettings", "ForwardResult", "check_prompt_template",
+           "strip_template_bos"]
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,22 @@ def check_prompt_template(template: str) -> None:
                          f"{{...}} fields, got {template!r}")
 
 
-class HFVisionLanguageSurrogate(Surrogate):
+def strip_template_bos(tokenizer: Any, text: str) -> str:
+    """Drop a leading BOS written by a chat template when ``tokenizer`` adds BOS itself.
+
+    Real Gemma 3 and Llama 3 templates start with ``bos_token`` and their
+    tokenizers prepend it too; the documented pipelines tokenise the templated
+    text without special tokens. Keeping exactly one BOS here lets the base
+    class tokenise with special tokens as for every other family.
+    """
+    bos = tokenizer.bos_token
+    if not bos or not text.startswith(bos) or tokenizer.bos_token_id is None:
+        return text
+    adds_bos = tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]
+    return text[len(bos):] if adds_bos else text
+
+
+class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
     """Base of transformers LVLM surrogates (loaded with ``from_pretrained`` from a local folder)."""
 
     capabilities = frozenset({"image_grad", "text", "token_grad", "attentions", "image_attention", "trainable",
@@ -143,8 +159,12 @@ class HFVisionLanguageSurrogate(Surrogate):
 
     # ----------------------------------------------------------------- family hooks
     def pixel_inputs(self, pixels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Differentiable model image inputs (e.g. ``pixel_values``) from (N, 3, H, W) in [0, 1]."""
-        raise NotImplementedError
+        """Differentiable model image inputs (e.g. ``pixel_values``) from (N, 3, H, W) in [0, 1].
+
+        Default: ``{"pixel_values": (N, 3, h, w)}``, the family's fixed-size ``image_processor``
+        output in the model dtype (:meth:`Surrogate.pixel_inputs`).
+        """
+        return {"pixel_values": super().pixel_inputs(pixels)}
 
     def num_image_tokens(self, height: int, width: int) -> int:
         """How many image tokens one raw image of this size becomes in the sequence."""
@@ -288,6 +308,7 @@ class HFVisionLanguageSurrogate(Surrogate):
                           **inputs, **kwargs)
 
     def loss_and_correct(self, pixels: torch.Tensor, samples: Sequence[VQASample]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample mean answer-token NLL (N,) and teacher-forced exact match (N,) bool of (N, 3, H, W) pixels."""
         batch = self.encode([s.question for s in samples], [s.answer for s in samples], tuple(pixels.shape[-2:]))
         return self.loss_from_batch(pixels, batch)
 
@@ -362,19 +383,9 @@ class HFVisionLanguageSurrogate(Surrogate):
         finally:
             model.set_attn_implementation(old)
 
-    @contextlib.contextmanager
-    def _capture_embeddings(self, store: List[torch.Tensor]) -> Iterator[None]:
-        """Replace the token-embedding output by a leaf requiring grad, appended to ``store``."""
-        def hook(module, args, output):
-            leaf = output.detach().requires_grad_(True)
-            store.append(leaf)
-            return leaf
-
-        handle = self.model.get_input_embeddings().register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
+    def token_embeddings(self) -> torch.nn.Module:
+        """The language model's input-embedding module (captured for HotFlip by ``run(embedding_grad=True)``)."""
+        return self.model.get_input_embeddings()
 
     def base_model(self) -> torch.nn.Module:
         """The transformers model under any peft wrapper."""
@@ -399,10 +410,11 @@ class HFVisionLanguageSurrogate(Surrogate):
 
     def embedding_matrix(self) -> torch.Tensor:
         """Token-embedding weights (V, D) of the language model (for HotFlip scores)."""
-        return self.model.get_input_embeddings().weight
+        return self.token_embeddings().weight
 
     @torch.no_grad()
     def answer(self, pixels: torch.Tensor, questions: Sequence[str], max_new_tokens: int = 8) -> List[str]:
+        """Greedy answers (decoded, stripped) for (N, 3, H, W) pixels in [0, 1] and N questions."""
         batch = self.encode(list(questions), None, tuple(pixels.shape[-2:]), padding_side="left")
         inputs = self.pixel_inputs(self.to_device(pixels))
         was_training = self.model.training
@@ -417,20 +429,28 @@ class HFVisionLanguageSurrogate(Surrogate):
         new = out[:, batch.input_ids.shape[1]:]
         return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
+    def text_inputs(self, texts: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """Model inputs that score ``texts`` with the language model alone (hook of :meth:`text_nll`).
+
+        Default: the tokenizer's ``input_ids`` and ``attention_mask`` (N, L), padded, on the device.
+        """
+        enc = self.tokenizer(list(texts), return_tensors="pt", padding=True).to(self.device)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
     @torch.no_grad()
     def text_nll(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """Mean next-token NLL of each text under the language model alone (no image), shape (N,).
 
-        exp of it is the perplexity ONION-style trigger filters compare.
+        exp of it is the perplexity ONION-style trigger filters compare. The inputs of
+        each batch come from :meth:`text_inputs`.
         """
         out = []
         was_training = self.model.training
         self.model.eval()
         try:
             for start in range(0, len(texts), batch_size):
-                chunk = list(texts[start:start + batch_size])
-                enc = self.tokenizer(chunk, return_tensors="pt", padding=True).to(self.device)
-                logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
+                enc = self.text_inputs(list(texts[start:start + batch_size]))
+                logits = self.model(**enc).logits.float()
                 tgt = enc["input_ids"][:, 1:].masked_fill(enc["attention_mask"][:, 1:] == 0, -100)
                 nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), tgt, ignore_index=-100, reduction="none")
                 out.append(nll.sum(1) / (tgt != -100).sum(1).clamp(min=1))
@@ -440,6 +460,8 @@ class HFVisionLanguageSurrogate(Surrogate):
 
     # ----------------------------------------------------------------- training / LoRA
     def trainable_parameters(self, mode: str) -> List[torch.nn.Parameter]:
+        """``"full"``: every base weight; ``"projector"``: parameters matching :attr:`projector_key`;
+        ``"lora"``: the attached adapter's weights."""
         named = list(self.model.named_parameters())
         if mode == "full":
             return [p for n, p in named if "lora_" not in n]
@@ -454,18 +476,12 @@ class HFVisionLanguageSurrogate(Surrogate):
             return [p for n, p in named if "lora_" in n]
         raise ValueError(f"mode must be 'full', 'projector' or 'lora', got {mode!r}")
 
-    @torch.no_grad()
-    def reinitialize(self, seed: int) -> None:
-        """Overwrite every weight with a fresh random initialisation of the same architecture (seeded).
-
-        For from-scratch surrogates (min-min restarts with new inits); not for pretrained models.
-        """
+    def fresh_model(self) -> torch.nn.Module:
+        """A randomly initialised model of the loaded class and config (hook of ``reinitialize``);
+        RuntimeError while a LoRA adapter is attached."""
         if self._lora_active:
             raise RuntimeError("detach the LoRA adapter before reinitialising")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            fresh = type(self.model)(self.model.config)
-        self.model.load_state_dict(fresh.to(dtype=self.dtype).state_dict())
+        return type(self.model)(self.model.config)
 
     def attach_lora(self, settings: LoraSettings = LoraSettings()) -> None:
         """Wrap the model with a fresh peft LoRA adapter (base weights untouched)."""

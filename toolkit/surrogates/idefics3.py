@@ -21,9 +21,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 
 from .hf_lvlm import HFVisionLanguageSurrogate
+from .processing import (TILING_MODES, grid_cells, longest_edge_size, multiple_of_tile_size, normalisation_settings,
+                         rescale_normalize, resize_uint8, safe_boxes, to_raw)
 from .registry import SURROGATES
-from .tiling import (grid_cells, image_settings, longest_edge_size, multiple_of_tile_size, rescale_normalize,
-                     resample_mode, resize_uint8, safe_boxes, to_raw)
 
 __all__ = ["Idefics3Surrogate", "SmolVLMSurrogate"]
 
@@ -59,8 +59,8 @@ class _SplitImageSurrogate(HFVisionLanguageSurrogate):
         self.split = bool(getattr(ip, "do_image_splitting", True))
         self.do_pad = bool(getattr(ip, "do_pad", True))
         self.tile = int(dict(ip.max_image_size)["longest_edge"])
-        self.mode = resample_mode(getattr(ip, "resample", 1))
-        self.norm = image_settings(ip)
+        self.mode = TILING_MODES.of(ip, missing=1)
+        self.norm = normalisation_settings(ip)
         vis = cfg.vision_config
         if int(vis.image_size) != self.tile:
             raise ValueError(f"{self.family}: processor tiles are {self.tile} px, the vision tower expects "

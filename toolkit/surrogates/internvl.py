@@ -16,9 +16,9 @@ from typing import Any, Dict, Sequence, Tuple
 import torch
 
 from .hf_lvlm import HFVisionLanguageSurrogate
+from .processing import (TILING_MODES, grid_cells, normalisation_settings, optimal_tiled_canvas, rescale_normalize,
+                         resize_uint8, safe_boxes, to_raw)
 from .registry import SURROGATES
-from .tiling import (grid_cells, image_settings, optimal_tiled_canvas, rescale_normalize, resample_mode,
-                     resize_uint8, safe_boxes, to_raw)
 
 __all__ = ["InternVLSurrogate"]
 
@@ -53,8 +53,8 @@ class InternVLSurrogate(HFVisionLanguageSurrogate):
         size = dict(ip.size)
         self.tile_hw = (int(size["height"]), int(size["width"]))
         self.do_resize = bool(getattr(ip, "do_resize", True))
-        self.mode = resample_mode(getattr(ip, "resample", 3))
-        self.norm = image_settings(ip)
+        self.mode = TILING_MODES.of(ip, missing=3)
+        self.norm = normalisation_settings(ip)
         vis = cfg.vision_config
         img = vis.image_size if isinstance(vis.image_size, (list, tuple)) else (vis.image_size, vis.image_size)
         patch = vis.patch_size if isinstance(vis.patch_size, (list, tuple)) else (vis.patch_size, vis.patch_size)

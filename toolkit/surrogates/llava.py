@@ -6,13 +6,10 @@ language model; one image becomes (crop/patch)^2 tokens (CLS dropped under the
 """
 from __future__ import annotations
 
-from typing import Dict
-
 import torch
 
 from .hf_lvlm import HFVisionLanguageSurrogate
-from .image_processing import DifferentiableClipProcessor
-from .regions import grid_regions
+from .processing import DifferentiableClipProcessor, grid_regions
 from .registry import SURROGATES
 
 __all__ = ["LlavaSurrogate"]
@@ -35,19 +32,14 @@ class LlavaSurrogate(HFVisionLanguageSurrogate):
         self.patch_size = int(model.config.vision_config.patch_size)
         self.strategy = model.config.vision_feature_select_strategy
 
-    @property
-    def image_size(self) -> tuple:
-        return tuple(self.image_processor.output_size)
-
-    def pixel_inputs(self, pixels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return {"pixel_values": self.image_processor(pixels).to(self.dtype)}
-
     def num_image_tokens(self, height: int, width: int) -> int:
+        """(crop / patch)^2 patch tokens per image, plus the CLS token under the "full" strategy."""
         h, w = self.image_processor.output_size
         n = (h // self.patch_size) * (w // self.patch_size)
         return n + (1 if self.strategy == "full" else 0)
 
     def image_token_regions(self, height: int, width: int) -> torch.Tensor:
+        """Raw box (y0, x0, y1, x1) of each patch token, row-major (the CLS token first: the whole image), (T, 4)."""
         h, w = self.image_processor.output_size
         p = self.patch_size
         boxes = grid_regions(h // p, w // p, (p, p), self.image_processor.pixel_geometry(height, width), height, width)

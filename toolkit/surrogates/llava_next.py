@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from .hf_lvlm import HFVisionLanguageSurrogate
+from .processing import (TILING_MODES, fit_within, grid_cells, normalisation_settings, rescale_normalize, resize_uint8,
+                         safe_boxes, select_best_resolution, shortest_edge_size, to_raw, union_box)
 from .registry import SURROGATES
-from .tiling import (fit_within, grid_cells, image_settings, rescale_normalize, resample_mode, resize_uint8,
-                     safe_boxes, select_best_resolution, to_raw, union_box)
 
 __all__ = ["LlavaNextSurrogate", "AnyresLayout"]
 
@@ -72,8 +72,8 @@ class LlavaNextSurrogate(HFVisionLanguageSurrogate):
         if cfg.vision_feature_select_strategy != "default":
             raise NotImplementedError("llava_next: only vision_feature_select_strategy='default' is supported")
         ip = self.processor.image_processor
-        self.mode = resample_mode(getattr(ip, "resample", 3))
-        self.norm = image_settings(ip)
+        self.mode = TILING_MODES.of(ip, missing=3)
+        self.norm = normalisation_settings(ip)
         self.tile = int(cfg.vision_config.image_size)
         self.patch = int(cfg.vision_config.patch_size)
         self.pinpoints = [(int(h), int(w)) for h, w in (ip.image_grid_pinpoints or cfg.image_grid_pinpoints)]
@@ -108,9 +108,7 @@ class LlavaNextSurrogate(HFVisionLanguageSurrogate):
         rh, rw = height, width
         if self.do_resize:
             if self.size.get("shortest_edge"):
-                edge = int(self.size["shortest_edge"])
-                short, long = min(height, width), max(height, width)
-                rh, rw = (edge, int(edge * long / short)) if height <= width else (int(edge * long / short), edge)
+                rh, rw = shortest_edge_size(height, width, int(self.size["shortest_edge"]))
             else:
                 rh, rw = int(self.size["height"]), int(self.size["width"])
         if self.crop is None:

@@ -28,10 +28,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .hf_lvlm import HFVisionLanguageSurrogate, TokenBatch
+from .hf_lvlm import HFVisionLanguageSurrogate, TokenBatch, strip_template_bos
+from .processing import (TORCHVISION_MODES, native_uint8_resize, normalisation_settings, rescale_normalize,
+                         resize_like_torchvision)
 from .registry import SURROGATES
-from .image_processing import normalisation_settings
-from .tv_processing import native_uint8_resize, resample_mode, resize_like_torchvision, strip_template_bos
 
 __all__ = ["MllamaSurrogate", "DifferentiableMllamaProcessor", "TileLayout", "wake_mllama_gates"]
 
@@ -119,10 +119,10 @@ class DifferentiableMllamaProcessor:
     def from_hf(cls, image_processor) -> "DifferentiableMllamaProcessor":
         """Read the settings of a transformers ``MllamaImageProcessor``."""
         size = dict(image_processor.size)
-        mode = resample_mode(image_processor)
+        mode = TORCHVISION_MODES.of(image_processor, missing=2)
         return cls(
             tile=int(size["height"]), max_tiles=int(image_processor.max_image_tiles), mode=mode,
-            **normalisation_settings(image_processor, resize=False),
+            **normalisation_settings(image_processor),
             native_uint8=native_uint8_resize(mode),
         )
 
@@ -139,10 +139,7 @@ class DifferentiableMllamaProcessor:
         t = self.tile
         x = resize_like_torchvision(pixels * 255.0, lay.resized, self.mode, self.native_uint8)
         x = F.pad(x, (0, lay.cols * t - x.shape[-1], 0, lay.rows * t - x.shape[-2]))  # bottom / right, value 0
-        if self.do_rescale:
-            x = x * self.rescale_factor
-        if self.do_normalize:
-            x = (x - x.new_tensor(self.mean).view(1, -1, 1, 1)) / x.new_tensor(self.std).view(1, -1, 1, 1)
+        x = rescale_normalize(x, self.rescale_factor, self.mean, self.std, self.do_rescale, self.do_normalize)
         tiles = x.reshape(n, 3, lay.rows, t, lay.cols, t).permute(0, 2, 4, 1, 3, 5).reshape(n, lay.num_tiles, 3, t, t)
         if lay.num_tiles < self.max_tiles:
             tiles = torch.cat([tiles, tiles.new_zeros(n, self.max_tiles - lay.num_tiles, 3, t, t)], dim=1)

@@ -15,9 +15,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 
 from .hf_lvlm import HFVisionLanguageSurrogate, TokenBatch
-from .regions import grid_regions
+from .processing import DifferentiableFixedSizeProcessor, grid_regions
 from .registry import SURROGATES
-from .tv_processing import DifferentiableFixedSizeProcessor
 
 __all__ = ["PaliGemmaSurrogate"]
 
@@ -55,16 +54,7 @@ class PaliGemmaSurrogate(HFVisionLanguageSurrogate):
             raise ValueError(f"{self.path}: processor image_seq_length {seq} != {self.patches_per_side ** 2} patches")
         self.image_token = self.processor.image_token
 
-    @property
-    def image_size(self) -> tuple:
-        """(height, width) of ``pixel_values`` (the SigLIP resolution)."""
-        return tuple(self.image_processor.output_size)
-
     # ----------------------------------------------------------------- images
-    def pixel_inputs(self, pixels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """``{"pixel_values": (N, 3, S, S)}`` from (N, 3, H, W) in [0, 1] (differentiable)."""
-        return {"pixel_values": self.image_processor(pixels).to(self.dtype)}
-
     def num_image_tokens(self, height: int, width: int) -> int:
         """(S / patch)^2 image tokens per image, whatever the raw size."""
         return self.patches_per_side ** 2
@@ -103,29 +93,14 @@ class PaliGemmaSurrogate(HFVisionLanguageSurrogate):
         batch.extras["token_type_ids"] = (batch.labels != -100).long()
         return batch
 
-    @torch.no_grad()
-    def text_nll(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """Mean next-token NLL of each text (N,), scored causally as a suffix.
+    def text_inputs(self, texts: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """Text-only inputs for :meth:`text_nll`, scored causally as a suffix.
 
         PaliGemma's text model is configured bidirectional; without ``token_type_ids``
         an unpadded batch is scored with a non-causal mask (later tokens leak into
-        earlier predictions), so every token is marked as suffix (causal) here. The
-        processor turns the tokenizer's BOS off, so it is prepended explicitly.
+        earlier predictions), so every token is marked as suffix (``token_type_ids`` = 1,
+        causal) here. The processor turns the tokenizer's BOS off, so it is prepended explicitly.
         """
-        import torch.nn.functional as F
-
-        out = []
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for start in range(0, len(texts), batch_size):
-                chunk = [self.tokenizer.bos_token + t for t in texts[start:start + batch_size]]
-                enc = self.tokenizer(chunk, return_tensors="pt", padding=True).to(self.device)
-                logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                    token_type_ids=torch.ones_like(enc["input_ids"])).logits.float()
-                tgt = enc["input_ids"][:, 1:].masked_fill(enc["attention_mask"][:, 1:] == 0, -100)
-                nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), tgt, ignore_index=-100, reduction="none")
-                out.append(nll.sum(1) / (tgt != -100).sum(1).clamp(min=1))
-        finally:
-            self.model.train(was_training)
-        return torch.cat(out).cpu()
+        inputs = super().text_inputs([self.tokenizer.bos_token + t for t in texts])
+        inputs["token_type_ids"] = torch.ones_like(inputs["input_ids"])
+        return inputs

@@ -22,8 +22,7 @@ from typing import Any, Dict, Tuple
 import torch
 
 from .hf_lvlm import HFVisionLanguageSurrogate
-from .image_processing import lenient_resample_mode, normalisation_settings, resize_like_pil
-from .regions import grid_regions
+from .processing import LENIENT_MODES, grid_regions, normalisation_settings, rescale_normalize, resize_like_pil
 from .registry import SURROGATES
 
 __all__ = ["DifferentiablePatchProcessor", "PatchMergeSurrogate", "QwenVLSurrogate", "Qwen25VLSurrogate",
@@ -102,8 +101,8 @@ class DifferentiablePatchProcessor:
             temporal_patch_size=int(image_processor.temporal_patch_size),
             min_pixels=int(_size_field(size, "shortest_edge")),
             max_pixels=int(_size_field(size, "longest_edge")),
-            mode=lenient_resample_mode(image_processor),
-            **normalisation_settings(image_processor),
+            mode=LENIENT_MODES.of(image_processor, missing=3),
+            **normalisation_settings(image_processor, resize=True),
         )
 
     @property
@@ -147,12 +146,7 @@ class DifferentiablePatchProcessor:
         rh, rw = self.resize_shape(height, width)
         if (rh, rw) != (height, width):
             x = resize_like_pil(x, (rh, rw), self.mode, quantize=True)
-        if self.do_rescale:
-            x = x * self.rescale_factor
-        if self.do_normalize:
-            mean = x.new_tensor(self.mean).view(1, -1, 1, 1)
-            std = x.new_tensor(self.std).view(1, -1, 1, 1)
-            x = (x - mean) / std
+        x = rescale_normalize(x, self.rescale_factor, self.mean, self.std, self.do_rescale, self.do_normalize)
         p, m, t = self.patch_size, self.merge_size, self.temporal_patch_size
         gh, gw = rh // p, rw // p
         # (N, C, gh/m, m, p, gw/m, m, p) -> (N, gh/m, gw/m, m, m, C, p, p), then T copies after C

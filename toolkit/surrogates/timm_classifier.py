@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ..data import VQASample
-from .base import Surrogate
-from .eval_transforms import DifferentiableEvalTransform
+from .base import ConfigAndWeightsFolder, Reinitializable, Surrogate
+from .processing import DifferentiableEvalTransform
 from .registry import SURROGATES
 
 __all__ = ["TimmSurrogate", "normalize_label", "TIMM_WEIGHT_NAMES"]
@@ -58,7 +57,7 @@ def _label_list(label_names: Any, num_classes: int, where: str) -> List[str]:
 
 
 @SURROGATES.register("timm")
-class TimmSurrogate(Surrogate):
+class TimmSurrogate(ConfigAndWeightsFolder, Reinitializable, Surrogate):
     """A timm classifier from a local folder; class index = answer (via ``label_names``).
 
     Args: see :class:`Surrogate` (``gradient_checkpointing`` uses timm's ``set_grad_checkpointing``).
@@ -75,6 +74,8 @@ class TimmSurrogate(Surrogate):
 
     family = "timm"
     capabilities = frozenset({"image_grad", "trainable"})
+    config_name = "config.json"
+    weight_names = TIMM_WEIGHT_NAMES
 
     # ----------------------------------------------------------------- loading
     def _load(self) -> torch.nn.Module:
@@ -141,45 +142,23 @@ class TimmSurrogate(Surrogate):
                 state = state["state_dict"]
         return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
 
-    @property
-    def image_size(self) -> tuple:
-        """(height, width) of the model input (``input_size`` of the pretrained config)."""
-        return tuple(self.image_processor.output_size)
-
-    def save(self, path: Union[str, os.PathLike]) -> Path:
-        """Write ``config.json`` (the loaded config, classes unchanged) and ``model.safetensors``."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+    def saved_config(self) -> Dict[str, Any]:
+        """The loaded config with ``num_classes`` and ``label_names`` of the classes in use (what
+        :meth:`save` writes as ``config.json`` next to ``model.safetensors``)."""
         config = copy.deepcopy(self.config)
         config["num_classes"] = len(self.labels)
         config["label_names"] = list(self.labels)
-        (path / "config.json").write_text(json.dumps(config, indent=2))
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(path / TIMM_WEIGHT_NAMES[0]))
-        stale = path / TIMM_WEIGHT_NAMES[1]
-        if stale.is_file():
-            stale.unlink()
-        return path
+        return config
 
-    @torch.no_grad()
-    def reinitialize(self, seed: int) -> None:
-        """Overwrite every weight with a fresh random initialisation (seeded) of the same architecture."""
+    def fresh_model(self) -> torch.nn.Module:
+        """A randomly initialised timm model of the loaded architecture and classes (hook of ``reinitialize``)."""
         import timm
 
         args = dict(self.config.get("model_args", {}) or {})
         args["num_classes"] = len(self.labels)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            fresh = timm.create_model(self.config["architecture"], pretrained=False, **args)
-        self.model.load_state_dict(fresh.to(dtype=self.dtype).state_dict())
+        return timm.create_model(self.config["architecture"], pretrained=False, **args)
 
     # ----------------------------------------------------------------- inputs / labels
-    def pixel_inputs(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Normalised model input (N, 3, h, w) from raw (N, 3, H, W) in [0, 1] (differentiable)."""
-        return self.image_processor(self.to_device(pixels)).to(self.dtype)
-
     def label_of(self, answer: str) -> int:
         """Class index of an answer (strip + lowercase match against ``label_names``).
 

@@ -1,67 +1,38 @@
-"""Differentiable copies of Hugging Face image processors.
+"""Differentiable copies of PIL-style resizing and of the CLIP-style Hugging Face image processor.
 
 A perturbation lives in raw pixel space at the release resolution, so the
 surrogate must map pixels in [0, 1] to its model's ``pixel_values`` with torch
 operations that gradients can flow through. The real processors resize a uint8
 image (torchvision's or PIL's antialiased kernels, both separable: width pass,
 rounding to uint8, height pass, rounding), center-crop, rescale and normalise.
-:class:`DifferentiableClipProcessor` repeats those steps in float and replaces
-each rounding by a straight-through estimator (forward: rounded value,
-backward: identity), so its output equals the real one within one uint8 level
-of resampling arithmetic
-(two on rare pixels when upscaling, where the real kernels use fixed-point weights).
+:func:`resize_like_pil` repeats the resize in float with each rounding
+replaced by a straight-through estimator (:func:`~.rounding.round_ste`), and
+:class:`DifferentiableClipProcessor` chains the whole pipeline, so its output
+equals the real one within one uint8 level of resampling arithmetic (two on
+rare pixels when upscaling, where the real kernels use fixed-point weights).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DifferentiableClipProcessor", "round_ste", "resize_like_pil", "normalisation_settings",
-           "lenient_resample_mode"]
+from .rounding import round_ste
+from .settings import LENIENT_MODES, normalisation_settings, rescale_normalize
 
-#: PIL resample code -> torch interpolation mode; codes torch cannot reproduce (LANCZOS, BOX, HAMMING)
-#: fall back to bicubic / bilinear, as transformers' torchvision backend does on GPU
-_MODES = {0: "nearest", 2: "bilinear", 3: "bicubic", 1: "bicubic", 4: "bilinear", 5: "bicubic"}
-
-
-def lenient_resample_mode(image_processor, default: int = 3) -> str:
-    """Torch interpolation mode of a processor's PIL ``resample`` code (bicubic for unknown codes)."""
-    resample = getattr(image_processor, "resample", default)
-    return _MODES.get(int(getattr(resample, "value", resample)), "bicubic")
-
-
-def normalisation_settings(image_processor, resize: bool = True) -> Dict[str, Any]:
-    """The rescale / normalise fields (and ``do_resize`` when ``resize``) every processor copy reads.
-
-    Returns ``rescale_factor`` (float), ``mean`` / ``std`` (tuples of floats) and the
-    ``do_*`` switches, with transformers' defaults where the processor lacks them.
-    """
-    out: Dict[str, Any] = {
-        "rescale_factor": float(getattr(image_processor, "rescale_factor", 1 / 255)),
-        "mean": tuple(float(v) for v in image_processor.image_mean),
-        "std": tuple(float(v) for v in image_processor.image_std),
-        "do_rescale": bool(getattr(image_processor, "do_rescale", True)),
-        "do_normalize": bool(getattr(image_processor, "do_normalize", True)),
-    }
-    if resize:
-        out["do_resize"] = bool(getattr(image_processor, "do_resize", True))
-    return out
-
-
-def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """Round to the nearest integer in the forward pass, identity gradient backward."""
-    return x + (x.round() - x).detach()
+__all__ = ["DifferentiableClipProcessor", "resize_like_pil", "shortest_edge_size"]
 
 
 def resize_like_pil(x: torch.Tensor, size: Tuple[int, int], mode: str = "bicubic",
                     quantize: bool = True) -> torch.Tensor:
-    """Antialiased separable resize of ``x`` (N,C,H,W, values in 0..255 float).
+    """Antialiased separable resize of ``x`` (N, C, H, W), values in 0..255 float, to ``size`` = (height, width).
 
     Width first, then height, with optional straight-through rounding to uint8
-    levels after each pass, as PIL and torchvision's uint8 kernels do.
+    levels after each pass, as PIL and torchvision's uint8 kernels do. ``mode`` is a
+    torch interpolation mode ("nearest", "bilinear", "bicubic"). A no-op when the size
+    is unchanged.
     """
     h, w = int(size[0]), int(size[1])
     if x.shape[-2:] == (h, w):
@@ -78,9 +49,14 @@ def resize_like_pil(x: torch.Tensor, size: Tuple[int, int], mode: str = "bicubic
     return x
 
 
-def _shortest_edge_size(height: int, width: int, shortest: int,
-                        longest: Optional[int] = None) -> Tuple[int, int]:
-    """Output size of a "shortest_edge" resize (aspect kept, long side truncated)."""
+def shortest_edge_size(height: int, width: int, shortest: int,
+                       longest: Optional[int] = None) -> Tuple[int, int]:
+    """(height, width) after a "shortest_edge" resize of a ``height`` x ``width`` image (pixels).
+
+    The short side becomes ``shortest``, the long side keeps the aspect ratio
+    (truncated to an int), as transformers and torchvision ``Resize(int)`` compute it;
+    with ``longest``, both shrink so the long side does not exceed it.
+    """
     short, long = (height, width) if height <= width else (width, height)
     new_short, new_long = shortest, int(shortest * long / short)
     if longest is not None and new_long > longest:
@@ -119,8 +95,8 @@ class DifferentiableClipProcessor:
             size=(size.get("height"), size.get("width")),
             shortest_edge=size.get("shortest_edge"),
             crop=(crop["height"], crop["width"]) if getattr(image_processor, "do_center_crop", False) and crop else None,
-            mode=lenient_resample_mode(image_processor),
-            **normalisation_settings(image_processor),
+            mode=LENIENT_MODES.of(image_processor, missing=3),
+            **normalisation_settings(image_processor, resize=True),
         )
 
     @property
@@ -137,7 +113,7 @@ class DifferentiableClipProcessor:
         if not self.do_resize:
             return height, width
         if self.shortest_edge is not None:
-            return _shortest_edge_size(height, width, self.shortest_edge)
+            return shortest_edge_size(height, width, self.shortest_edge)
         return self.size  # type: ignore[return-value]
 
     def pixel_geometry(self, height: int, width: int) -> Tuple[float, float, float, float]:
@@ -154,6 +130,7 @@ class DifferentiableClipProcessor:
         return height / rh, width / rw, float(top), float(left)
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> normalised (N, 3, crop_h, crop_w), differentiable."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f"pixels must be (N, 3, H, W), got {tuple(pixels.shape)}")
         x = pixels * 255.0
@@ -161,17 +138,12 @@ class DifferentiableClipProcessor:
             x = resize_like_pil(x, self.resize_shape(*x.shape[-2:]), self.mode)
         if self.crop is not None:
             x = _center_crop(x, self.crop)
-        if self.do_rescale:
-            x = x * self.rescale_factor
-        if self.do_normalize:
-            mean = x.new_tensor(self.mean).view(1, -1, 1, 1)
-            std = x.new_tensor(self.std).view(1, -1, 1, 1)
-            x = (x - mean) / std
-        return x
+        return rescale_normalize(x, self.rescale_factor, self.mean, self.std, self.do_rescale, self.do_normalize)
 
 
 def _center_crop(x: torch.Tensor, crop: Sequence[int]) -> torch.Tensor:
-    """Center crop with zero padding when the crop is larger, as transformers does."""
+    """Center crop of (N, C, H, W) with zero padding when the crop is larger, as transformers does
+    (offsets truncated, unlike torchvision's rounded ones)."""
     ch, cw = int(crop[0]), int(crop[1])
     h, w = x.shape[-2:]
     if ch > h or cw > w:

@@ -6,7 +6,7 @@ PIL image: an antialiased resize (shortest edge, keep-ratio or squash), a
 center crop (padding first when the crop is larger), ``ToTensor`` and
 ``Normalize``. :class:`DifferentiableEvalTransform` repeats those steps on
 float tensors; every uint8 rounding of PIL's separable resize becomes a
-straight-through rounding (see :mod:`.image_processing`), so the output
+straight-through rounding (see :func:`~.pil.resize_like_pil`), so the output
 equals the library's within about one uint8 level of resampling arithmetic
 (PIL uses fixed-point filter weights). Geometry (output sizes, crop offsets
 with Python's ``round``) is reproduced exactly.
@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .image_processing import resize_like_pil
+from .pil import resize_like_pil, shortest_edge_size
 
 __all__ = ["DifferentiableEvalTransform", "center_crop_or_pad"]
 
@@ -157,15 +157,14 @@ class DifferentiableEvalTransform:
         if self.resize == "squash":
             return th, tw
         if self.resize == "shortest":  # torchvision _compute_resized_output_size
-            short, long = (width, height) if width <= height else (height, width)
-            new_short, new_long = th, int(th * long / short)
-            return (new_long, new_short) if width <= height else (new_short, new_long)
+            return shortest_edge_size(height, width, th)
         ratio_h, ratio_w = height / th, width / tw
         ratio = max(ratio_h, ratio_w) * self.longest + min(ratio_h, ratio_w) * (1.0 - self.longest)
         return round(height / ratio), round(width / ratio)
 
     # ----------------------------------------------------------------- transform
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> normalised model input (N, 3, crop_h, crop_w), differentiable."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
             raise ValueError(f"pixels must be (N, 3, H, W), got {tuple(pixels.shape)}")
         x = pixels * 255.0

@@ -1,14 +1,15 @@
-"""Shared pieces of the tiling ("any-resolution") surrogates: LLaVA-NeXT, InternVL, Idefics3 / SmolVLM.
+"""Tiling ("any-resolution") pieces: LLaVA-NeXT, InternVL, Idefics3 / SmolVLM.
 
 These families cut one raw image into several fixed-size tiles (plus a
 downscaled whole-image view) and decide the tile layout from the raw size.
 The helpers here repeat the layout arithmetic of the transformers image
 processors (pure Python on integers, so the layout is decided exactly as the
-real processor decides it) and give torch versions of the pixel steps
-(uint8-faithful resize, normalisation) that gradients flow through.
+real processor decides it) and the uint8-faithful resize
+(:func:`resize_uint8`, :func:`fixed_point_resize`) that gradients flow through.
 
-All pixel tensors here are floats in uint8 units (0..255), shape (N, 3, H, W),
-until :func:`rescale_normalize` maps them to model inputs.
+All pixel tensors here are floats in uint8 units (0..255), shape (N, 3, H, W);
+:func:`~.settings.rescale_normalize` maps them to model inputs, and the
+token-region box helpers are in :mod:`.token_regions`.
 """
 from __future__ import annotations
 
@@ -19,39 +20,21 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .tv_processing import native_uint8_resize, resize_like_torchvision
+from .torchvision import native_uint8_resize, resize_like_torchvision
 
-__all__ = ["resample_mode", "resize_uint8", "rescale_normalize", "select_best_resolution", "fit_within",
-           "optimal_tiled_canvas", "longest_edge_size", "multiple_of_tile_size", "safe_boxes", "image_settings",
-           "grid_cells", "to_raw", "union_box", "resampling_matrix", "fixed_point_resize"]
-
-#: PIL resampling code -> torch interpolation mode, as transformers' torchvision backend maps them
-_RESAMPLE = {0: "nearest-exact", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
-
-
-def resample_mode(resample) -> str:
-    """torch ``interpolate`` mode of a processor's ``resample`` (PIL code, enum or torchvision mode)."""
-    value = getattr(resample, "value", resample)
-    if isinstance(value, str):  # a torchvision InterpolationMode value ("bicubic", ...)
-        if value in {"nearest-exact", "lanczos", "bilinear", "bicubic"}:
-            return value
-        raise NotImplementedError(f"resampling {value!r} has no differentiable copy")
-    if value is None:
-        return "bilinear"
-    try:
-        return _RESAMPLE[int(value)]
-    except KeyError:
-        raise NotImplementedError(f"PIL resampling code {value!r} (box / hamming) has no differentiable copy") from None
+__all__ = ["resize_uint8", "select_best_resolution", "fit_within", "optimal_tiled_canvas", "longest_edge_size",
+           "multiple_of_tile_size", "resampling_matrix", "fixed_point_resize"]
 
 
 def resize_uint8(x: torch.Tensor, size: Tuple[int, int], mode: str) -> torch.Tensor:
     """Resize (N, C, H, W) floats in 0..255 to ``size`` = (height, width) as torchvision resizes a uint8 tensor.
 
-    Bicubic and Lanczos (the modes of these families), and bilinear where
+    ``mode`` is a torch mode from :data:`~.settings.TILING_MODES`. Bicubic and
+    Lanczos (the modes of these families), and bilinear where
     torchvision uses the native kernel for it (AVX2 / AVX-512 / ARM CPUs):
     torch's uint8 kernel repeated exactly (:func:`fixed_point_resize`). Other
     bilinear: float interpolation rounded once, as
-    :func:`~toolkit.surrogates.tv_processing.resize_like_torchvision` does it.
+    :func:`~.torchvision.resize_like_torchvision` does it.
     A no-op when the size is unchanged.
     """
     h, w = int(size[0]), int(size[1])
@@ -145,27 +128,6 @@ def fixed_point_resize(x: torch.Tensor, size: Tuple[int, int], mode: str) -> tor
     return x
 
 
-def rescale_normalize(x: torch.Tensor, rescale_factor: float, mean: Sequence[float], std: Sequence[float],
-                      do_rescale: bool = True, do_normalize: bool = True) -> torch.Tensor:
-    """Map 0..255 floats (..., 3, H, W) to model inputs: ``(x * rescale_factor - mean) / std``."""
-    if do_rescale:
-        x = x * rescale_factor
-    if do_normalize:
-        shape = (-1, 1, 1)
-        x = (x - x.new_tensor(list(mean)).view(shape)) / x.new_tensor(list(std)).view(shape)
-    return x
-
-
-def image_settings(image_processor) -> dict:
-    """Rescale / normalise settings of a transformers image processor as plain Python values."""
-    mean, std = image_processor.image_mean, image_processor.image_std
-    mean = [float(mean)] * 3 if isinstance(mean, (int, float)) else [float(v) for v in mean]
-    std = [float(std)] * 3 if isinstance(std, (int, float)) else [float(v) for v in std]
-    return {"rescale_factor": float(getattr(image_processor, "rescale_factor", 1 / 255)), "mean": mean, "std": std,
-            "do_rescale": bool(getattr(image_processor, "do_rescale", True)),
-            "do_normalize": bool(getattr(image_processor, "do_normalize", True))}
-
-
 # ----------------------------------------------------------------- layout arithmetic (integers, exact)
 def select_best_resolution(height: int, width: int, resolutions: Sequence[Sequence[int]]) -> Tuple[int, int]:
     """LLaVA-NeXT "anyres": the (height, width) among ``resolutions`` keeping the most image pixels.
@@ -245,44 +207,3 @@ def multiple_of_tile_size(height: int, width: int, tile: int) -> Tuple[int, int]
         h = math.ceil(height / tile) * tile
         w = math.ceil(int(h * aspect) / tile) * tile
     return h, w
-
-
-# ----------------------------------------------------------------- regions
-def safe_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Clip (T, 4) boxes (y0, x0, y1, x1) to the raw image; a box left empty (it lay in padding)
-    becomes a one-pixel strip at the nearest image edge, so every token sees some pixels."""
-    b = boxes.double().clone()
-    b[:, 0::2] = b[:, 0::2].clamp(0, height)
-    b[:, 1::2] = b[:, 1::2].clamp(0, width)
-    for lo, hi, size in ((0, 2, height), (1, 3, width)):
-        empty = b[:, hi] <= b[:, lo]
-        if empty.any():
-            start = b[empty, lo].clamp(max=size - 1)
-            b[empty, lo] = start
-            b[empty, hi] = (start + 1).clamp(max=size)
-    return b.float()
-
-
-def grid_cells(rows: int, cols: int, cell: Tuple[float, float],
-               origin: Tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
-    """Row-major boxes (y0, x0, y1, x1) of a ``rows`` x ``cols`` grid of ``cell``-sized cells at ``origin``
-    (processed-pixel units, float64 (rows * cols, 4))."""
-    r = torch.arange(rows, dtype=torch.float64).repeat_interleave(cols)
-    c = torch.arange(cols, dtype=torch.float64).repeat(rows)
-    y0, x0 = origin[0] + r * cell[0], origin[1] + c * cell[1]
-    return torch.stack([y0, x0, y0 + cell[0], x0 + cell[1]], dim=1)
-
-
-def to_raw(boxes: torch.Tensor, scale: Tuple[float, float], offset: Tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
-    """Map boxes in a processed frame to raw pixels: raw = (p - offset) * scale, per axis (y, x)."""
-    out = boxes.clone()
-    out[:, 0::2] = (out[:, 0::2] - offset[0]) * scale[0]
-    out[:, 1::2] = (out[:, 1::2] - offset[1]) * scale[1]
-    return out
-
-
-def union_box(boxes: torch.Tensor) -> Optional[torch.Tensor]:
-    """Smallest box (4,) containing every box of (T, 4)."""
-    if boxes.numel() == 0:
-        return None
-    return torch.stack([boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()])

@@ -1,4 +1,4 @@
-"""Differentiable pieces shared by the torchvision-backend processors (SigLIP, Gemma 3, PaliGemma, Mllama).
+"""Differentiable copies of transformers' torchvision-backend image processors (SigLIP, Gemma 3, PaliGemma, Mllama).
 
 transformers' torchvision image processors resize ``uint8`` tensors with
 ``torchvision.transforms.v2.functional.resize(antialias=True)``. On a CPU,
@@ -8,10 +8,8 @@ intermediate, then a height pass, each rounded half-up from fixed-point sums.
 Elsewhere it resizes in float and rounds once at the end (half to even).
 :func:`resize_like_torchvision` repeats whichever path the real processor
 takes, with straight-through rounding (forward: rounded value, backward:
-identity), so the output matches within one ``uint8`` level.
-
-:func:`strip_template_bos` is the text-side helper: chat templates that write
-the BOS token themselves would get a second one from a tokenizer that adds it.
+identity), so the output matches within one ``uint8`` level;
+:class:`DifferentiableFixedSizeProcessor` is the fixed-size processor built on it.
 """
 from __future__ import annotations
 
@@ -22,27 +20,14 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .image_processing import normalisation_settings
+from .rounding import round_half_up_ste, round_ste
+from .settings import TORCHVISION_MODES, normalisation_settings, rescale_normalize
 
-__all__ = ["round_half_up_ste", "round_ste_half_even", "native_uint8_resize", "resize_like_torchvision", "resample_mode",
-           "DifferentiableFixedSizeProcessor", "strip_template_bos"]
-
-# PIL resampling enum value -> torch interpolation mode (box / hamming / lanczos are not supported here)
-_PIL_MODES = {0: "nearest", 2: "bilinear", 3: "bicubic"}
-
-
-def round_half_up_ste(x: torch.Tensor) -> torch.Tensor:
-    """Round half up (``floor(x + 0.5)``, as fixed-point kernels do) forward, identity gradient backward."""
-    return x + ((x + 0.5).floor() - x).detach()
-
-
-def round_ste_half_even(x: torch.Tensor) -> torch.Tensor:
-    """``torch.round`` (half to even) forward, identity gradient backward."""
-    return x + (x.round() - x).detach()
+__all__ = ["native_uint8_resize", "resize_like_torchvision", "DifferentiableFixedSizeProcessor"]
 
 
 def native_uint8_resize(mode: str) -> bool:
-    """Whether torchvision resizes a CPU ``uint8`` image in ``uint8`` (two rounded passes) for ``mode``.
+    """Whether torchvision resizes a CPU ``uint8`` image in ``uint8`` (two rounded passes) for torch mode ``mode``.
 
     Mirrors torchvision's own test: bicubic always, bilinear on AVX2 / AVX-512 / ARM CPUs.
     """
@@ -77,27 +62,14 @@ def resize_like_torchvision(x: torch.Tensor, size: Tuple[int, int], mode: str = 
         raise ValueError(f"unsupported resize mode {mode!r}")
     native = native_uint8_resize(mode) if native_uint8 is None else bool(native_uint8)
     kwargs = {"mode": mode, "antialias": True, "align_corners": False}
-    if not native:  # float interpolation, one rounding at the end
+    if not native:  # float interpolation, one rounding at the end (half to even)
         out = F.interpolate(x, size=(h, w), **kwargs)
-        return round_ste_half_even(out.clamp(0, 255))
+        return round_ste(out.clamp(0, 255))
     if x.shape[-1] != w:
         x = round_half_up_ste(F.interpolate(x, size=(x.shape[-2], w), **kwargs).clamp(0, 255))
     if x.shape[-2] != h:
         x = round_half_up_ste(F.interpolate(x, size=(h, w), **kwargs).clamp(0, 255))
     return x
-
-
-def resample_mode(image_processor) -> str:
-    """Torch interpolation mode of a transformers image processor's ``resample`` setting."""
-    resample = getattr(image_processor, "resample", 2)
-    value = getattr(resample, "value", resample)
-    if isinstance(value, str):  # a torchvision InterpolationMode value
-        value = {"nearest": 0, "bilinear": 2, "bicubic": 3}.get(value, value)
-    try:
-        return _PIL_MODES[int(value)]
-    except (KeyError, TypeError, ValueError):
-        raise NotImplementedError(f"resample {resample!r} has no differentiable counterpart "
-                                  "(only nearest, bilinear and bicubic)") from None
 
 
 @dataclass(frozen=True)
@@ -125,11 +97,11 @@ class DifferentiableFixedSizeProcessor:
         size = dict(getattr(image_processor, "size", None) or {})
         if not (size.get("height") and size.get("width")):
             raise ValueError(f"expected a fixed height/width size, got {size}")
-        mode = resample_mode(image_processor)
+        mode = TORCHVISION_MODES.of(image_processor, missing=2)
         return cls(
             size=(int(size["height"]), int(size["width"])),
             mode=mode,
-            **normalisation_settings(image_processor),
+            **normalisation_settings(image_processor, resize=True),
             native_uint8=native_uint8_resize(mode),
         )
 
@@ -144,16 +116,6 @@ class DifferentiableFixedSizeProcessor:
             return 1.0, 1.0, 0.0, 0.0
         return height / self.size[0], width / self.size[1], 0.0, 0.0
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Rescale and normalise (N, 3, H, W) 0..255 values as the processor does."""
-        if self.do_rescale:
-            x = x * self.rescale_factor
-        if self.do_normalize:
-            mean = x.new_tensor(self.mean).view(1, -1, 1, 1)
-            std = x.new_tensor(self.std).view(1, -1, 1, 1)
-            x = (x - mean) / std
-        return x
-
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> normalised (N, 3, size_h, size_w), differentiable."""
         if pixels.ndim != 4 or pixels.shape[1] != 3:
@@ -161,19 +123,4 @@ class DifferentiableFixedSizeProcessor:
         x = pixels * 255.0
         if self.do_resize:
             x = resize_like_torchvision(x, self.size, self.mode, self.native_uint8)
-        return self.normalize(x)
-
-
-def strip_template_bos(tokenizer, text: str) -> str:
-    """Drop a leading BOS written by a chat template when ``tokenizer`` adds BOS itself.
-
-    Real Gemma 3 and Llama 3 templates start with ``bos_token`` and their
-    tokenizers prepend it too; the documented pipelines tokenise the templated
-    text without special tokens. Keeping exactly one BOS here lets the base
-    class tokenise with special tokens as for every other family.
-    """
-    bos = tokenizer.bos_token
-    if not bos or not text.startswith(bos) or tokenizer.bos_token_id is None:
-        return text
-    adds_bos = tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]
-    return text[len(bos):] if adds_bos else text
+        return rescale_normalize(x, self.rescale_factor, self.mean, self.std, self.do_rescale, self.do_normalize)
