@@ -17,7 +17,7 @@ from toolkit.registry import Config, Registry, import_plugin
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "EXTENDING.md"
 PLUGIN_NAMES = {"defenses": ["classwise_patch", "smooth_emn"], "countermeasures": ["posterize_text", "clip_to_attacker_range"],
-                "metrics": ["question_words"]}
+                "metrics": ["question_words"], "surrogates": ["tv_classifier"]}
 
 
 def guide_code() -> str:
@@ -32,8 +32,10 @@ def _unregister_guide() -> None:
     from toolkit.attacks import COUNTERMEASURES
     from toolkit.defenses import DEFENSES
     from toolkit.metrics import METRICS
+    from toolkit.surrogates import SURROGATES
 
-    for registry, names in ((DEFENSES, "defenses"), (COUNTERMEASURES, "countermeasures"), (METRICS, "metrics")):
+    for registry, names in ((DEFENSES, "defenses"), (COUNTERMEASURES, "countermeasures"), (METRICS, "metrics"),
+                            (SURROGATES, "surrogates")):
         for name in PLUGIN_NAMES[names]:
             if name in registry:
                 registry.unregister(name)
@@ -134,6 +136,34 @@ def test_the_guides_min_min_defense_smooths_its_noise(tmp_path, digits_small, ll
             d = [torch.as_tensor(x) for x in out.deltas()]  # (H, W, 3)
             return sum(float((x[1:] - x[:-1]).abs().sum() + (x[:, 1:] - x[:, :-1]).abs().sum()) for x in d)
         assert variation(100.0) < 0.8 * variation(0.0)  # the penalty is what the hook adds
+    finally:
+        _unregister_guide()
+
+
+def test_the_guides_surrogate_family_loads_protects_and_learns(tmp_path):
+    from toolkit.attacks import FineTune
+    from toolkit.defenses import DEFENSES
+    from toolkit.digits import DIGIT_WORDS, load_digits_vqa
+    from toolkit.metrics import evaluate_answers
+    from toolkit.surrogates import load_surrogate
+
+    (tmp_path / "my_family.py").write_text(guide_code())
+    module = import_plugin(str(tmp_path / "my_family.py"))
+    try:
+        folder = module.build_tv_classifier(tmp_path / "tvc", DIGIT_WORDS)
+        model = load_surrogate(folder)  # found by config.json's model_type
+        assert type(model).__name__ == "TorchvisionClassifier" and model.image_size == (32, 32)
+        train, test = load_digits_vqa(image_size=32, limit=80, seed=0)
+        protected = DEFENSES.create("emn", rounds=1, train_steps=1, pgd_steps=2, batch_size=8, pgd_batch_size=8,
+                                    eval_size=8).protect(train[:8], [model])
+        assert len(protected.dataset) == 8
+        before, _ = evaluate_answers(model, test)
+        FineTune(mode="full", epochs=3, lr=1e-3, batch_size=16)(model, train)
+        after, _ = evaluate_answers(model, test)
+        assert after > max(0.3, before + 0.15)  # it really trains (chance is 0.1)
+        model.save(tmp_path / "saved")
+        model.reinitialize(1)
+        assert evaluate_answers(load_surrogate(tmp_path / "saved"), test)[0] == after
     finally:
         _unregister_guide()
 

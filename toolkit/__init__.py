@@ -10,8 +10,7 @@ from .digits import load_digits_vqa
 from .metrics import METRICS, Metric
 from .release import read_release, write_release
 from .surrogates import SURROGATES, Surrogate, load_surrogate
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["DEFENSES", "COUNTERMEASURES", "SURROGATES", "METRICS", "Defense", "Protection", "Transform",
            "FineTune", "Surrogate", "Metric", "VQASample", "VQADataset", "DataError", "load_dataset",

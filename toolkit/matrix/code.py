@@ -24,6 +24,8 @@ import os
 import sys
 from typing import Iterable, List, Optional, Tuple
 
+from ..version import __version__
+
 __all__ = ["code_identity", "source_digest"]
 
 log = logging.getLogger(__name__)
@@ -112,8 +114,6 @@ def _component_modules(cls: type) -> List[str]:
 
 def code_identity(cls: type) -> str:
     """What a cache key records about the code of component class ``cls`` (see the module docstring)."""
-    from .. import __version__
-
     declared = getattr(cls, "code_version", None)
     if declared is not None:
         return f"{__version__}:{cls.__module__}.{cls.__qualname__}:declared:{declared}"
