@@ -20,7 +20,8 @@ def test_lightshed_training_epoch(benchmark, pairs):
     def fit():
         return COUNTERMEASURES.create("lightshed", epochs=1, seed=0).fit_pairs(clean, protected, eps=8 / 255)
 
-    benchmark(fit)
+    fitted = benchmark(fit)
+    assert fitted.estimator is not None and len(fitted(protected)) == len(protected)  # it trained and applies
     if median_seconds(benchmark) is not None:
         benchmark.extra_info["seconds_per_image_epoch"] = median_seconds(benchmark) / len(clean)
 
@@ -32,6 +33,8 @@ def test_diffusion_purification(benchmark, pairs, tmp_path_factory):
     clean, protected = pairs
     folder = train_purifier(clean, tmp_path_factory.mktemp("pur"), epochs=1, channels=16, timesteps=200)
     pur = COUNTERMEASURES.create("diffusion_purification", model=str(folder), t_star=0.1, batch_size=32)
-    benchmark(pur, protected[:8])
+    out = benchmark(pur, protected[:8])
+    assert len(out) == 8 and all(a.image.shape == b.image.shape for a, b in zip(out, protected[:8]))
+    assert any((a.image != b.image).any() for a, b in zip(out, protected[:8]))  # purification changed pixels
     if median_seconds(benchmark) is not None:
         benchmark.extra_info["seconds_per_image"] = median_seconds(benchmark) / 8

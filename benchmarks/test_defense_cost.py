@@ -51,7 +51,11 @@ def test_defense_round_cost(benchmark, name, llava, batch, bare_per_sample):
     data = VQADataset(list(batch[1][:32]), name="bench")
     defense = DEFENSES.create(name, **_config(name))
     surrogates = [llava] if defense.needs_surrogate else []
-    benchmark.pedantic(defense.protect, args=(data, surrogates), rounds=1, iterations=1)
+    out = benchmark.pedantic(defense.protect, args=(data, surrogates), rounds=1, iterations=1)
+    assert len(out.dataset) == len(data)
+    assert max(int(abs(a.image.astype(int) - b.image.astype(int)).max()) for a, b in zip(out.dataset, data)) <= 8
+    if name != "mmguard_text":  # every defense but the text-only variant perturbs the pixels in one round
+        assert any((a.image != b.image).any() for a, b in zip(out.dataset, data))
     median = median_seconds(benchmark)
     if median is not None:
         per_sample = median / len(data)

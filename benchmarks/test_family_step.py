@@ -45,7 +45,8 @@ def test_family_protect_step(benchmark, family, small_batch, tmp_path):
             t0 = time.perf_counter()
             bare()
             times.append(time.perf_counter() - t0)
-        benchmark(step)
+        new = benchmark(step)
+    assert new.shape == x.shape and 0 < new.abs().max() <= eps + 1e-6  # one signed step, projected
     median = median_seconds(benchmark)
     bare_median = statistics.median(times)
     benchmark.extra_info["bare_forward_backward_s"] = bare_median

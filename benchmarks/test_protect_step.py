@@ -22,7 +22,8 @@ def _bare_step(llava, x, samples):
 def test_bare_input_gradient_step(benchmark, llava, batch):
     x, samples = batch
     with llava.frozen():
-        benchmark(_bare_step, llava, x, samples)
+        grad = benchmark(_bare_step, llava, x, samples)
+    assert grad.shape == x.shape and grad.abs().sum() > 0  # a real input gradient was formed
     _MEDIANS["bare"] = median_seconds(benchmark)
 
 
@@ -36,7 +37,8 @@ def test_emn_protect_step(benchmark, llava, batch):
                    project_fn=lambda d: project(d, x, eps))
 
     with llava.frozen():
-        benchmark(step)
+        new = benchmark(step)
+    assert new.shape == x.shape and 0 < new.abs().max() <= eps + 1e-6  # one signed step, projected
     median = median_seconds(benchmark)
     if median is not None and _MEDIANS.get("bare"):
         ratio = median / _MEDIANS["bare"]
@@ -57,3 +59,4 @@ def test_training_step_reference(benchmark, llava, batch):
 
     with llava.training(params):
         benchmark(step)
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)  # parameter gradients formed

@@ -192,13 +192,12 @@ def test_pickled_code_in_a_checkpoint_or_weights_file_is_refused(tmp_path, tiny_
         for weights in [p for p in folder.iterdir() if p.suffix in (".safetensors", ".pth", ".bin")]:
             weights.unlink()
         torch.save(evil, folder / ("pytorch_model.bin" if name == "timm" else "open_clip_pytorch_model.bin"))
-        with pytest.raises(Exception) as info:
+        with pytest.raises(ValueError, match="refusing to load .*pickled objects"):
             load_surrogate(folder)
-        assert "weights_only" in str(info.value).replace(" ", "_") or "Unpickl" in repr(info.value), repr(info.value)
     llava = tmp_path / "llava"
     shutil.copytree(tiny_llava_dir, llava)
     (llava / "model.safetensors").unlink()
     torch.save(evil, llava / "pytorch_model.bin")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="refusing to load .*pickled objects"):
         load_surrogate(llava)
     assert not marker.exists()  # no payload ran anywhere

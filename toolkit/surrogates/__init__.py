@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import pickle
 import pkgutil
 from pathlib import Path
 from typing import Any, Union
@@ -67,10 +68,16 @@ def load_surrogate(path: Union[str, os.PathLike], **kwargs: Any) -> Surrogate:
 
     Raises:
         FileNotFoundError: the folder or its config is missing.
-        ValueError: the model type has no adapter (the message lists the supported ones).
+        ValueError: the model type has no adapter (the message lists the supported ones), or a weights
+            file holds pickled objects beyond tensors (never unpickled).
     """
     model_type = model_type_of(path)
     if model_type not in SURROGATES:
         raise ValueError(f"{path}: model_type {model_type!r} is not supported; "
                          f"supported: {', '.join(SURROGATES.names())}")
-    return SURROGATES.create(model_type, path=Path(path), **kwargs)
+    try:
+        return SURROGATES.create(model_type, path=Path(path), **kwargs)
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met a pickled object
+        raise ValueError(f"refusing to load {path}: a weights file holds pickled objects beyond tensors, which "
+                         f"could run code (only safetensors or plain tensor files are loaded): "
+                         f"{str(exc).strip().splitlines()[0][:120]}") from None
