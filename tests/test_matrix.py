@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from toolkit.cli import main
+from toolkit.data import DataError
 from toolkit.matrix import MatrixError, MatrixSpec, load_spec, run_matrix, threat_model
 from toolkit.reports import read_rows
 
@@ -169,10 +170,25 @@ def test_threat_model_labels():
     ({"seeds": "1"}, "seeds: an int or a list of them"),
     ({"seeds": [0, True]}, "seeds: an int or a list of them"),
     ({"victims": [3]}, "victims: a string or a list of them"),
+    ({"data": {"source": "digits", "limt": 60}}, r"data: digits: unknown config key\(s\) \['limt'\]"),
+    ({"data": True}, "data: a mapping"),
+    ({"defenses": [{"name": "emn", "surrogates": ["s"], "config": {"rounds": 0}}]}, r"defenses\[0\]\.config: rounds"),
 ])
 def test_bad_specs(patch, message):
     with pytest.raises((MatrixError, TypeError, ValueError), match=message):
         MatrixSpec.from_dict({**_spec(), **patch})
+
+
+def test_train_and_test_files_without_a_source_are_the_data(tmp_path):
+    """The quoted failure: data {train, test} without source silently trained on the built-in digits."""
+    from toolkit.matrix.spec import data_source
+
+    assert data_source({"train": "a.json", "test": "b.json"}) == "files"
+    assert data_source({}) == "digits"
+    spec = {**_spec(), "data": {"train": str(tmp_path / "none.json"), "test": str(tmp_path / "none.json")},
+            "defenses": [], "countermeasures": []}
+    with pytest.raises(DataError, match="none.json: dataset file not found"):
+        run_matrix(spec, tmp_path / "run", progress=False)  # it reads the files (and says they are missing)
 
 
 def test_scalars_and_bare_names_where_lists_of_entries_are_expected():

@@ -201,3 +201,28 @@ def test_llava_layout_of_a_jsonl_source_and_tampering(tmp_path, protection):
         verify_release(out, tmp_path)  # the file check comes first
     with pytest.raises(ValueError, match="layout must be one of"):
         write_release(protection, tmp_path / "other", layout="coco")
+
+
+def test_contact_sheet_shows_images_and_highlights_inserted_words(tmp_path, digits_small):
+    from toolkit.cli import main
+    from toolkit.data import load_llava_json
+
+    source, _ = _llava_source(tmp_path / "src", list(digits_small[0])[:6])
+    protection = DEFENSES.create("random_noise", eps=8 / 255, seed=1).protect(load_llava_json(source))
+    plain = write_release(protection, tmp_path / "plain", layout="llava")
+    protection.dataset = protection.dataset.replace_samples(
+        [s.with_(question="zebra " + s.question) for s in protection.dataset])
+    protection.config = {**protection.config, "max_trigger_tokens": 1}
+    triggered = write_release(protection, tmp_path / "trig", layout="llava")
+
+    def red_pixels(path):
+        img = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        return int((np.abs(img - np.array([214, 39, 40])).max(-1) < 30).sum())  # the highlight colour #d62728
+
+    assert main(["verify", str(triggered), "--source", str(source), "--preview", str(tmp_path / "trig.png"),
+                 "--preview-samples", "3"]) == 0
+    assert main(["verify", str(plain), "--source", str(source), "--preview", str(tmp_path / "plain.png"),
+                 "--preview-samples", "3"]) == 0
+    sheet = Image.open(tmp_path / "trig.png")
+    assert sheet.size[0] >= 900 and sheet.size[1] >= 3 * 150  # three rows of four panels
+    assert red_pixels(tmp_path / "trig.png") > 20 and red_pixels(tmp_path / "plain.png") == 0

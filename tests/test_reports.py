@@ -33,3 +33,34 @@ def test_one_seed_reports_the_binomial_standard_error_not_a_zero_spread():
     table = format_markdown(list(recs.values()))
     assert "| d | none | gray-box | 50.0 (SE 2.9) |" in table and "± 0.0" not in table
     assert "n = 300 test questions" in table
+
+
+def test_warnings_for_a_clean_control_near_chance_and_a_small_test_split():
+    from toolkit.reports import sanity_warnings
+
+    near = [{**_row("clean", "none", 0, 0.13), "n_test": 50, "chance": 0.10},
+            {**_row("d", "none", 0, 0.11), "n_test": 50, "chance": 0.10}]
+    warnings = sanity_warnings(aggregate(near), "v")
+    assert any("within 5 points of chance (10.0%" in w for w in warnings)
+    assert any("only n = 50 test questions" in w for w in warnings)
+    assert "**Warning:** the clean fine-tune reaches 13.0%" in format_markdown(aggregate(near))
+    fine = [{**_row("clean", "none", 0, 0.80), "n_test": 600, "chance": 0.10}]
+    assert sanity_warnings(aggregate(fine), "v") == []  # a learned control on enough questions: silent
+
+
+def test_loss_plot_of_the_attackers_training(tmp_path):
+    import json
+
+    from toolkit.reports import write_reports
+
+    rows = [{**_row(d, "none", s, 0.5), "n_test": 300, "train_losses": [2.0 - 0.1 * e - (0.5 if d == "emn" else 0)
+                                                                     for e in range(5)]}
+            for d in ("clean", "emn") for s in (0, 1)]
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    paths = write_reports(tmp_path)
+    assert paths["losses-v"].stat().st_size > 5000
+    recs = {r["defense"]: r for r in aggregate(rows)}
+    assert recs["emn"]["train_losses"] == pytest.approx([1.5, 1.4, 1.3, 1.2, 1.1])
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps({k: v for k, v in r.items() if k != "train_losses"})
+                                                   for r in rows))
+    assert "losses-v" not in write_reports(tmp_path)  # rows from before losses were kept: no plot

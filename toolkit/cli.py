@@ -132,6 +132,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     print(f"verified {r['samples']} samples of {args.release}: files match the manifest; largest pixel change "
           f"{r['max_change_levels']}/255 <= budget {r['eps_levels']}/255; answers unchanged; "
           f"{r['questions_with_trigger']} questions carry an inserted trigger (longest {r['longest_trigger']} words)")
+    if args.preview:
+        from .preview import contact_sheet
+
+        print(f"contact sheet: {contact_sheet(args.release, args.source, args.preview, n=args.preview_samples)}")
     return 0
 
 
@@ -390,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="check a release against the source data: files, budget, answers, triggers")
     verify.add_argument("release", help="the release folder (from `mmguard protect`)")
     verify.add_argument("--source", required=True, help="the owner's source dataset (.json LLaVA-style or .jsonl)")
+    verify.add_argument("--preview", default=None, metavar="FILE.png",
+                        help="also draw a contact sheet: source, release, amplified |delta|, question with the "
+                             "inserted words in red")
+    verify.add_argument("--preview-samples", type=int, default=8, metavar="N", help="rows of the contact sheet")
     verify.set_defaults(func=_cmd_verify)
 
     listing_all = sub.add_parser("list", help="registered defenses, countermeasures, surrogates, metrics and datasets "

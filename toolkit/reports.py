@@ -1,5 +1,6 @@
 """Reports from matrix rows: Markdown and CSV tables (mean and spread over seeds, drop vs the clean
-fine-tune) and heatmap PNGs of clean-test accuracy per defense x countermeasure, one per victim.
+fine-tune, sanity warnings), heatmap PNGs of clean-test accuracy per defense x countermeasure and plots
+of the attacker's training loss per defense, one per victim.
 
 ``mmguard report DIR`` re-renders them from ``DIR/rows.jsonl`` without recomputing anything.
 """
@@ -13,7 +14,7 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 from .metrics import METRICS
 
-__all__ = ["aggregate", "write_reports", "format_markdown", "read_rows"]
+__all__ = ["aggregate", "write_reports", "format_markdown", "read_rows", "sanity_warnings"]
 
 
 
@@ -79,7 +80,31 @@ def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             for key in _extra_columns():
                 vals = [r[key] for r in ok if r.get(key) is not None]
                 rec[key] = sum(vals) / len(vals) if vals else None
+            chances = [r["chance"] for r in ok if r.get("chance") is not None]
+            rec["chance"] = max(chances) if chances else None
+            curves = [r["train_losses"] for r in ok if r.get("train_losses")]
+            if curves and len({len(c) for c in curves}) == 1:  # the attacker's loss per epoch, mean over seeds
+                rec["train_losses"] = [sum(c[e] for c in curves) / len(curves) for e in range(len(curves[0]))]
         out.append(rec)
+    return out
+
+
+def sanity_warnings(records: List[Dict[str, Any]], victim: str) -> List[str]:
+    """What makes a victim's table unreadable: a clean fine-tune at or near chance (the majority answer's
+    share of the test split: drops cannot show), or a test split so small that a few points are noise."""
+    out = []
+    clean = next((r for r in records if r["victim"] == victim and r["defense"] == "clean"
+                  and r["countermeasure"] == "none" and r.get("accuracy_mean") is not None), None)
+    if clean is not None and clean.get("chance") is not None and clean["accuracy_mean"] <= clean["chance"] + 0.05:
+        out.append(f"the clean fine-tune reaches {100 * clean['accuracy_mean']:.1f}%, within 5 points of chance "
+                   f"({100 * clean['chance']:.1f}%, always giving the most common answer): the victim learned "
+                   "nearly nothing, so no drop can show; train longer, on more data, or use a pretrained victim")
+    if clean is not None and clean.get("n_test"):
+        se = math.sqrt(max(clean["accuracy_mean"] * (1 - clean["accuracy_mean"]), 0.01) / clean["n_test"])
+        if clean["n_test"] < 200:
+            out.append(f"only n = {clean['n_test']} test questions: a difference between two cells under about "
+                       f"{100 * 2.8 * se:.0f} points (2 x the SE of a difference) may be noise; use more test "
+                       "samples or seeds")
     return out
 
 
@@ -110,6 +135,7 @@ def format_markdown(records: List[Dict[str, Any]]) -> str:
                          f"{_fmt(drop, '+.1f')} | {_fmt(same, '+.1f')} | {r['seeds']} | {_fmt(r.get('psnr'), '.1f')} | "
                          f"{_fmt(r.get('ssim'), '.3f')} | {_fmt(r.get('trigger_length'), '.1f')} | "
                          f"{_fmt(r.get('protect_seconds'), '.0f')} |")
+        lines += ["", *(f"**Warning:** {w}." for w in sanity_warnings(records, victim))]
         n = sorted({r["n_test"] for r in records if r["victim"] == victim and r.get("n_test")})
         lines += ["", f"Accuracy: mean ± std over seeds; with one seed, (SE) is the binomial standard error of one "
                       f"accuracy on the n = {', '.join(map(str, n)) or '?'} test questions (a difference of two "
@@ -165,4 +191,31 @@ def write_reports(out: Union[str, Path]) -> Dict[str, Path]:
     for victim in sorted({r["victim"] for r in records}):
         paths[f"heatmap-{victim}"] = out / f"heatmap-{victim}.png"
         _heatmap(records, victim, paths[f"heatmap-{victim}"])
+        if any(r.get("train_losses") for r in records if r["victim"] == victim):
+            paths[f"losses-{victim}"] = out / f"losses-{victim}.png"
+            _loss_plot(records, victim, paths[f"losses-{victim}"])
     return paths
+
+
+def _loss_plot(records: List[Dict[str, Any]], victim: str, path: Path) -> None:
+    """The attacker's training loss per epoch for every defense without countermeasure (the paper's Fig. 4:
+    error-minimising data falls below the clean curve, the -Max variants stay above it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [r for r in records if r["victim"] == victim and r["countermeasure"] == "none" and r.get("train_losses")]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in recs:
+        clean = r["defense"] == "clean"
+        ax.plot(range(1, len(r["train_losses"]) + 1), r["train_losses"], label=r["defense"],
+                color="black" if clean else None, linewidth=2.5 if clean else 1.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("attacker's training loss (mean per epoch)")
+    ax.set_yscale("log")
+    ax.set_title(f"fine-tuning victim {victim} on each release (no countermeasure)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

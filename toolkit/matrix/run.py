@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -79,6 +80,7 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
     bar = tqdm(total=total, desc=f"matrix {spec.name}", disable=not progress)
     for seed in spec.seeds:
         train, test, attacker_clean = stages.data(seed)
+        chance = majority_share(test)
         for v in spec.victims:
             models.folder(v)
             if spec.zero_shot and mine(seed, ZERO_SHOT):  # the victim before any fine-tuning
@@ -145,11 +147,11 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
                         result = stages.finetune(tkey, training_set, v, training_cm, test, seed, attacker_clean)
                         row.update({"accuracy": result["accuracy"], "finetune_seconds": result["finetune_seconds"],
                                     "eval_seconds": result["eval_seconds"], "peak_mib": result["peak_mib"],
-                                    "error": None})
+                                    "train_losses": result.get("train_losses"), "error": None})
                     except Exception as exc:
                         log.warning("cell %s / %s / %s failed at %s: %s", dspec.label, cm.label, v, stage, exc)
                         row.update({"stage": stage, "error": f"{type(exc).__name__}: {exc}"})
-                    row["n_test"] = len(test)
+                    row["n_test"], row["chance"] = len(test), chance
                     rows.append(row)
                     bar.update(1)
     bar.close()
@@ -157,6 +159,13 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
     log.info("matrix %s: stages computed this run: %s", spec.name, stages.counters)
     (out / "last_run.json").write_text(json.dumps({"computed": dict(stages.counters)}))
     return list(rows)
+
+
+def majority_share(test) -> float:
+    """Accuracy of always giving the test split's most common answer (the chance level a table is read
+    against)."""
+    counts = Counter(s.answer.strip().lower() for s in test)
+    return max(counts.values()) / len(test) if len(test) else 0.0
 
 
 def _shard_filter(spec: MatrixSpec, shard: Optional[Tuple[int, int]]):

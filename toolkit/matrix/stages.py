@@ -230,7 +230,7 @@ class Stages:
                 acc, preds = evaluate_answers(model, test)
                 (tmp / "predictions.json").write_text(json.dumps(preds))
                 self.counters["finetune"] += 1
-                return {"accuracy": acc, "finetune_seconds": result.seconds,
+                return {"accuracy": acc, "finetune_seconds": result.seconds, "train_losses": result.epoch_losses,
                         "eval_seconds": time.perf_counter() - t0, "peak_mib": peak_memory_mib()}
             self.cache.commit("finetune", key, build)
         return {"key": key, **self.cache.meta("finetune", key)}
