@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .hf_lvlm import HFVisionLanguageSurrogate, TokenBatch, strip_template_bos
-from .processing import (TORCHVISION_MODES, native_uint8_resize, normalisation_settings, rescale_normalize,
+from .processing import (TORCHVISION_MODES, PixelSettings, native_uint8_resize, normalisation_settings,
                          resize_like_torchvision)
 from .registry import SURROGATES
 
@@ -94,8 +94,8 @@ def tile_layout(height: int, width: int, tile: int, max_tiles: int) -> TileLayou
     return TileLayout(rows, cols, (int(new_h), int(new_w)), tile, grids.index((rows, cols)) + 1)
 
 
-@dataclass(frozen=True)
-class DifferentiableMllamaProcessor:
+@dataclass(frozen=True, kw_only=True)
+class DifferentiableMllamaProcessor(PixelSettings):
     """Torch copy of ``MllamaImageProcessor`` (one image per sample).
 
     ``__call__`` maps (N, 3, H, W) floats in [0, 1] to ``pixel_values``
@@ -107,12 +107,6 @@ class DifferentiableMllamaProcessor:
 
     tile: int
     max_tiles: int
-    mode: str
-    rescale_factor: float
-    mean: Tuple[float, ...]
-    std: Tuple[float, ...]
-    do_rescale: bool = True
-    do_normalize: bool = True
     native_uint8: bool = True
 
     @classmethod
@@ -139,7 +133,7 @@ class DifferentiableMllamaProcessor:
         t = self.tile
         x = resize_like_torchvision(pixels * 255.0, lay.resized, self.mode, self.native_uint8)
         x = F.pad(x, (0, lay.cols * t - x.shape[-1], 0, lay.rows * t - x.shape[-2]))  # bottom / right, value 0
-        x = rescale_normalize(x, self.rescale_factor, self.mean, self.std, self.do_rescale, self.do_normalize)
+        x = self.rescale_normalize(x)
         tiles = x.reshape(n, 3, lay.rows, t, lay.cols, t).permute(0, 2, 4, 1, 3, 5).reshape(n, lay.num_tiles, 3, t, t)
         if lay.num_tiles < self.max_tiles:
             tiles = torch.cat([tiles, tiles.new_zeros(n, self.max_tiles - lay.num_tiles, 3, t, t)], dim=1)

@@ -22,7 +22,7 @@ from typing import Any, Dict, Tuple
 import torch
 
 from .hf_lvlm import HFVisionLanguageSurrogate
-from .processing import LENIENT_MODES, grid_regions, normalisation_settings, rescale_normalize, resize_like_pil
+from .processing import LENIENT_MODES, PixelSettings, grid_regions, normalisation_settings, resize_like_pil
 from .registry import SURROGATES
 
 __all__ = ["DifferentiablePatchProcessor", "PatchMergeSurrogate", "QwenVLSurrogate", "Qwen25VLSurrogate",
@@ -62,8 +62,8 @@ def _size_field(size: Any, name: str) -> Any:
     return getattr(size, name, None)
 
 
-@dataclass(frozen=True)
-class DifferentiablePatchProcessor:
+@dataclass(frozen=True, kw_only=True)
+class DifferentiablePatchProcessor(PixelSettings):
     """Torch re-implementation of ``Qwen2VLImageProcessor`` (torchvision backend).
 
     Steps, as the real processor does them for a uint8 image: dynamic resize
@@ -83,13 +83,6 @@ class DifferentiablePatchProcessor:
     temporal_patch_size: int
     min_pixels: int
     max_pixels: int
-    mode: str
-    rescale_factor: float
-    mean: Tuple[float, ...]
-    std: Tuple[float, ...]
-    do_resize: bool = True
-    do_rescale: bool = True
-    do_normalize: bool = True
 
     @classmethod
     def from_hf(cls, image_processor) -> "DifferentiablePatchProcessor":
@@ -146,7 +139,7 @@ class DifferentiablePatchProcessor:
         rh, rw = self.resize_shape(height, width)
         if (rh, rw) != (height, width):
             x = resize_like_pil(x, (rh, rw), self.mode, quantize=True)
-        x = rescale_normalize(x, self.rescale_factor, self.mean, self.std, self.do_rescale, self.do_normalize)
+        x = self.rescale_normalize(x)
         p, m, t = self.patch_size, self.merge_size, self.temporal_patch_size
         gh, gw = rh // p, rw // p
         # (N, C, gh/m, m, p, gw/m, m, p) -> (N, gh/m, gw/m, m, m, C, p, p), then T copies after C

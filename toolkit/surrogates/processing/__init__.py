@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from .pil import DifferentiableClipProcessor, resize_like_pil, shortest_edge_size
 from .rounding import round_half_up_ste, round_ste
-from .settings import (LENIENT_MODES, RESAMPLE_NAMES, TILING_MODES, TORCHVISION_MODES, ResampleModes,
+from .settings import (LENIENT_MODES, RESAMPLE_NAMES, TILING_MODES, TORCHVISION_MODES, PixelSettings, ResampleModes,
                        normalisation_settings, resample_name, rescale_normalize)
 from .tiles import (fit_within, fixed_point_resize, longest_edge_size, multiple_of_tile_size, optimal_tiled_canvas,
                     resampling_matrix, resize_uint8, select_best_resolution)
@@ -29,7 +29,7 @@ from .torchvision_eval import DifferentiableEvalTransform, center_crop_or_pad
 
 __all__ = [
     # settings
-    "normalisation_settings", "rescale_normalize", "RESAMPLE_NAMES", "resample_name", "ResampleModes",
+    "normalisation_settings", "rescale_normalize", "PixelSettings", "RESAMPLE_NAMES", "resample_name", "ResampleModes",
     "LENIENT_MODES", "TORCHVISION_MODES", "TILING_MODES",
     # rounding
     "round_ste", "round_half_up_ste",

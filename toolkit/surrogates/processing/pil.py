@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .rounding import round_ste
-from .settings import LENIENT_MODES, normalisation_settings, rescale_normalize
+from .settings import LENIENT_MODES, PixelSettings, normalisation_settings
 
 __all__ = ["DifferentiableClipProcessor", "resize_like_pil", "shortest_edge_size"]
 
@@ -64,8 +64,8 @@ def shortest_edge_size(height: int, width: int, shortest: int,
     return (new_short, new_long) if height <= width else (new_long, new_short)
 
 
-@dataclass(frozen=True)
-class DifferentiableClipProcessor:
+@dataclass(frozen=True, kw_only=True)
+class DifferentiableClipProcessor(PixelSettings):
     """Torch re-implementation of the CLIP-style image processor (LLaVA, CLIP, ...).
 
     Built from a real processor with :meth:`from_hf`; the resolution and layout
@@ -78,13 +78,6 @@ class DifferentiableClipProcessor:
     size: Tuple[Optional[int], Optional[int]]  # (height, width) or (None, None)
     shortest_edge: Optional[int]
     crop: Optional[Tuple[int, int]]
-    mode: str
-    rescale_factor: float
-    mean: Tuple[float, ...]
-    std: Tuple[float, ...]
-    do_resize: bool = True
-    do_rescale: bool = True
-    do_normalize: bool = True
 
     @classmethod
     def from_hf(cls, image_processor) -> "DifferentiableClipProcessor":
@@ -138,7 +131,7 @@ class DifferentiableClipProcessor:
             x = resize_like_pil(x, self.resize_shape(*x.shape[-2:]), self.mode)
         if self.crop is not None:
             x = _center_crop(x, self.crop)
-        return rescale_normalize(x, self.rescale_factor, self.mean, self.std, self.do_rescale, self.do_normalize)
+        return self.rescale_normalize(x)
 
 
 def _center_crop(x: torch.Tensor, crop: Sequence[int]) -> torch.Tensor:

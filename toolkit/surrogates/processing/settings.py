@@ -17,11 +17,11 @@ fixed-point resize also does Lanczos).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["normalisation_settings", "rescale_normalize", "RESAMPLE_NAMES", "resample_name", "ResampleModes",
+__all__ = ["normalisation_settings", "rescale_normalize", "PixelSettings", "RESAMPLE_NAMES", "resample_name", "ResampleModes",
            "LENIENT_MODES", "TORCHVISION_MODES", "TILING_MODES"]
 
 #: canonical filter names, indexed by PIL resampling code (``PIL.Image.Resampling`` values 0..5)
@@ -71,6 +71,25 @@ def rescale_normalize(x: torch.Tensor, rescale_factor: float, mean: Sequence[flo
         shape = (-1, 1, 1)
         x = (x - x.new_tensor(list(mean)).view(shape)) / x.new_tensor(list(std)).view(shape)
     return x
+
+
+@dataclass(frozen=True, kw_only=True)
+class PixelSettings:
+    """What every differentiable processor copy reads from a transformers image processor: the resample
+    ``mode`` (a torch ``interpolate`` name), ``rescale_factor``, per-channel ``mean`` / ``std`` and the
+    ``do_*`` switches. Processor dataclasses subclass it (keyword-only fields) and add their geometry."""
+
+    mode: str
+    rescale_factor: float
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    do_resize: bool = True
+    do_rescale: bool = True
+    do_normalize: bool = True
+
+    def rescale_normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """0..255 floats (..., 3, H, W) -> model inputs with these settings (:func:`rescale_normalize`)."""
+        return rescale_normalize(x, self.rescale_factor, self.mean, self.std, self.do_rescale, self.do_normalize)
 
 
 def resample_name(resample: Any, default: str = "bilinear") -> str:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .rounding import round_half_up_ste, round_ste
-from .settings import TORCHVISION_MODES, normalisation_settings, rescale_normalize
+from .settings import TORCHVISION_MODES, PixelSettings, normalisation_settings
 
 __all__ = ["native_uint8_resize", "resize_like_torchvision", "DifferentiableFixedSizeProcessor"]
 
@@ -72,8 +72,8 @@ def resize_like_torchvision(x: torch.Tensor, size: Tuple[int, int], mode: str = 
     return x
 
 
-@dataclass(frozen=True)
-class DifferentiableFixedSizeProcessor:
+@dataclass(frozen=True, kw_only=True)
+class DifferentiableFixedSizeProcessor(PixelSettings):
     """Torch copy of a fixed-size image processor (SigLIP, Gemma 3 without pan-and-scan, PaliGemma).
 
     Steps: resize to ``size`` (aspect ratio not kept, no crop), rescale, normalise.
@@ -82,13 +82,6 @@ class DifferentiableFixedSizeProcessor:
     """
 
     size: Tuple[int, int]
-    mode: str
-    rescale_factor: float
-    mean: Tuple[float, ...]
-    std: Tuple[float, ...]
-    do_resize: bool = True
-    do_rescale: bool = True
-    do_normalize: bool = True
     native_uint8: bool = True
 
     @classmethod
@@ -123,4 +116,4 @@ class DifferentiableFixedSizeProcessor:
         x = pixels * 255.0
         if self.do_resize:
             x = resize_like_torchvision(x, self.size, self.mode, self.native_uint8)
-        return rescale_normalize(x, self.rescale_factor, self.mean, self.std, self.do_rescale, self.do_normalize)
+        return self.rescale_normalize(x)
