@@ -29,3 +29,25 @@ def llava(tiny_llava_dir):
 def digits_small():
     """(train, test) digits VQA with 60 samples in all, 32x32 RGB."""
     return load_digits_vqa(image_size=32, limit=60, seed=0)
+
+
+@pytest.fixture()
+def llava_json(tmp_path):
+    """``llava_json(samples, n)``: the first ``n`` samples written as a LLaVA-JSON dataset (PNGs under img/);
+    returns the path of its train.json."""
+    def write(samples, n):
+        import json
+
+        from PIL import Image
+
+        root = tmp_path / "data"
+        (root / "img").mkdir(parents=True)
+        records = []
+        for i, s in enumerate(list(samples)[:n]):
+            Image.fromarray(s.image).save(root / "img" / f"{i}.png")
+            records.append({"id": s.id, "image": f"img/{i}.png",
+                            "conversations": [{"from": "human", "value": "<image>\n" + s.question},
+                                              {"from": "gpt", "value": s.answer}]})
+        (root / "train.json").write_text(json.dumps(records))
+        return root / "train.json"
+    return write

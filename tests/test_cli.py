@@ -9,17 +9,8 @@ from toolkit.release import read_release
 
 
 @pytest.fixture()
-def user_data(tmp_path, digits_small):
-    root = tmp_path / "data"
-    (root / "img").mkdir(parents=True)
-    records = []
-    for i, s in enumerate(digits_small[0][:6]):
-        Image.fromarray(s.image).save(root / "img" / f"{i}.png")
-        records.append({"id": s.id, "image": f"img/{i}.png",
-                        "conversations": [{"from": "human", "value": "<image>\n" + s.question},
-                                          {"from": "gpt", "value": s.answer}]})
-    (root / "train.json").write_text(json.dumps(records))
-    return root / "train.json"
+def user_data(llava_json, digits_small):
+    return llava_json(digits_small[0], 6)
 
 
 def test_protect_writes_release(user_data, tiny_llava_dir, tmp_path):

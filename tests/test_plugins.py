@@ -82,20 +82,10 @@ def test_an_installed_plugin_package_runs_in_a_matrix_from_the_cli(tmp_path):
     assert all(r["question_words"] == 4.0 for r in rows)
 
 
-def test_the_plugin_option_imports_a_file_for_protect(tmp_path, digits_small):
-    from PIL import Image
-
+def test_the_plugin_option_imports_a_file_for_protect(tmp_path, digits_small, llava_json):
     (tmp_path / "my_plugin.py").write_text(guide_code())
-    data = tmp_path / "data"
-    (data / "img").mkdir(parents=True)
-    records = []
-    for i, s in enumerate(list(digits_small[0])[:8]):
-        Image.fromarray(s.image).save(data / "img" / f"{i}.png")
-        records.append({"id": s.id, "image": f"img/{i}.png",
-                        "conversations": [{"from": "human", "value": "<image>\n" + s.question},
-                                          {"from": "gpt", "value": s.answer}]})
-    (data / "train.json").write_text(json.dumps(records))
-    args = ["protect", "--defense", "classwise_patch", "--data", str(data / "train.json"),
+    train = llava_json(digits_small[0], 8)
+    args = ["protect", "--defense", "classwise_patch", "--data", str(train),
             "--out", str(tmp_path / "release"), "--set", "density=0.25", "--quiet"]
     without = _cli(args)
     assert without.returncode != 0 and "unknown defense 'classwise_patch'" in without.stderr
