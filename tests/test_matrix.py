@@ -172,6 +172,10 @@ def test_threat_model_labels():
     ({"victims": [3]}, "victims: a string or a list of them"),
     ({"data": {"source": "digits", "limt": 60}}, r"data: digits: unknown config key\(s\) \['limt'\]"),
     ({"data": True}, "data: a mapping"),
+    ({"models": {"s": {"tiny": "llava", "seedd": 1}, "v": {"tiny": "llava"}}},
+     r"models.s: unknown keys \['seedd'\] for a tiny llava"),
+    ({"models": {"s": {"tiny": "lava"}, "v": {"tiny": "llava"}}}, r"models.s.tiny: unknown family 'lava'"),
+    ({"models": {"s": {"tiny": "llava", "seed": "x"}, "v": {"tiny": "llava"}}}, r"models.s.seed: an int"),
     ({"defenses": [{"name": "emn", "surrogates": ["s"], "config": {"rounds": 0}}]}, r"defenses\[0\]\.config: rounds"),
 ])
 def test_bad_specs(patch, message):

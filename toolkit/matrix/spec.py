@@ -7,6 +7,7 @@ Validation happens here, before any work: every error names the field.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from dataclasses import dataclass, field
@@ -106,6 +107,8 @@ class MatrixSpec:
                         check_prompt_template(m["prompt_template"])
                     except (TypeError, ValueError) as exc:
                         raise MatrixError(f"models.{key}.prompt_template: {exc}") from None
+            if "tiny" in m:
+                _check_tiny(key, m)
             if "zoo" in m:
                 if m["zoo"] not in ZOO or set(m) != {"zoo"}:
                     raise MatrixError(f"models.{key}.zoo: one of {sorted(ZOO)} and no other keys, got {m!r}")
@@ -196,6 +199,27 @@ class MatrixSpec:
 #: keys of one ``defenses`` / ``countermeasures`` entry
 _DEFENSE_KEYS = frozenset({"label", "name", "config", "surrogates", "weights"})
 _COUNTERMEASURE_KEYS = frozenset({"label", "name", "config", "fit"})
+
+
+def _check_tiny(key: str, m: Dict[str, Any]) -> None:
+    """A ``tiny:`` model entry: a known family, an int ``seed``, and only keys its builder accepts."""
+    from ..surrogates.tiny import TINY_BUILDERS
+    from ..surrogates.tiny.other import OTHER_TINY_BUILDERS
+
+    builders = {**TINY_BUILDERS, **OTHER_TINY_BUILDERS}
+    family = m["tiny"]
+    if not isinstance(family, str) or family not in builders:
+        raise MatrixError(f"models.{key}.tiny: unknown family {family!r}; known: {sorted(builders)}")
+    if "seed" in m and (not isinstance(m["seed"], int) or isinstance(m["seed"], bool)):
+        raise MatrixError(f"models.{key}.seed: an int, got {m['seed']!r}")
+    params = inspect.signature(builders[family]).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = {n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL} - {"path"}
+    unknown = sorted(set(m) - {"tiny", "seed"} - allowed)
+    if unknown:
+        raise MatrixError(f"models.{key}: unknown keys {unknown} for a tiny {family}; valid: tiny, seed, "
+                          f"{', '.join(sorted(allowed - {'seed'}))}")
 
 
 def _mapping(value: Any, where: str) -> Dict[str, Any]:
