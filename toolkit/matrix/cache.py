@@ -17,7 +17,7 @@ try:  # POSIX advisory locks; elsewhere concurrent runs on one cache are not coo
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["StageCache", "content_hash"]
+__all__ = ["StageCache", "content_hash", "exclusive_lock"]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def content_hash(*parts: Any) -> str:
 
 
 @contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
+def exclusive_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` (created if missing) for the block."""
     if fcntl is None:  # pragma: no cover
         yield
@@ -102,7 +102,7 @@ class StageCache:
         final.parent.mkdir(parents=True, exist_ok=True)
         lock = self.root / ".locks" / stage / f"{key}.lock"  # beside, not inside, the stage's entries
         lock.parent.mkdir(parents=True, exist_ok=True)
-        with _exclusive(lock):
+        with exclusive_lock(lock):
             if self.has(stage, key):
                 return self.meta(stage, key)
             tmp = final.with_name(final.name + ".tmp")

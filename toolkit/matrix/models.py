@@ -1,6 +1,7 @@
 """Models of a matrix: where each named model's folder is, its content identity, loading, threat models."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
@@ -9,7 +10,7 @@ from ..surrogates import load_surrogate, model_type_of
 from ..surrogates.tiny import build_tiny
 from ..surrogates.tiny.other import build_tiny_other, other_tiny_families
 from ..zoo import ZOO, recipe_hash, zoo_folder
-from .cache import content_hash
+from .cache import content_hash, exclusive_lock
 from .spec import MatrixSpec
 
 __all__ = ["ModelStore", "threat_model"]
@@ -57,11 +58,18 @@ class ModelStore:
             family, seed = m["tiny"], int(m.get("seed", 0))
             folder = self.out / "models" / f"{family}-{seed}-{content_hash(m)}"
             if not (folder / "done").is_file():
-                shutil.rmtree(folder, ignore_errors=True)
-                kwargs = {k: v for k, v in m.items() if k not in {"tiny", "seed"}}
-                builder = build_tiny_other if family in other_tiny_families() else build_tiny
-                builder(family, folder, seed=seed, **kwargs)
-                (folder / "done").write_text("")
+                lock = self.out / "models" / ".locks" / f"{folder.name}.lock"
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                with exclusive_lock(lock):  # sharded workers share the folder: one builds, the others wait
+                    if not (folder / "done").is_file():
+                        tmp = folder.with_name(folder.name + ".tmp")
+                        shutil.rmtree(tmp, ignore_errors=True)
+                        kwargs = {k: v for k, v in m.items() if k not in {"tiny", "seed"}}
+                        builder = build_tiny_other if family in other_tiny_families() else build_tiny
+                        builder(family, tmp, seed=seed, **kwargs)
+                        (tmp / "done").write_text("")
+                        shutil.rmtree(folder, ignore_errors=True)
+                        os.replace(tmp, folder)
             self.families[name] = family
         self.folders[name] = folder
         return folder
