@@ -149,3 +149,68 @@ def test_text_variant_leaves_images_untouched(digits_small, llava):
                           batch_size=8, eval_size=4).protect(data, [llava])
     assert all(np.array_equal(p.image, s.image) for p, s in zip(out.dataset, data))
     assert all(p.question != s.question for p, s in zip(out.dataset, data))
+
+
+def test_training_term_is_eq_12_a_sum_over_the_answer_tokens(digits_small, llava):
+    """l_train (Eq. 12) = the answer's token NLLs summed, end-of-sequence excluded; 'mean' keeps the old loss."""
+    data = list(digits_small[0][:4])
+    samples = [s.with_(answer=a) for s, a in zip(data, ["seven", "two three", "nine", "one one one"])]
+    px = torch.stack([torch.as_tensor(s.image).permute(2, 0, 1).float() / 255 for s in samples])
+    batch = llava.encode([s.question for s in samples], [s.answer for s in samples], tuple(px.shape[-2:]))
+    with torch.no_grad():
+        res = llava.run(px, batch)
+        logp = llava.forward(px, batch).logits.float().log_softmax(-1)
+    eos = llava.tokenizer.eos_token_id
+    by_hand = torch.zeros(len(samples))
+    for i in range(len(samples)):
+        for t in range(batch.labels.shape[1] - 1):
+            y = int(batch.labels[i, t + 1])
+            if y != -100 and y != eos:
+                by_hand[i] -= logp[i, t, y]
+    assert torch.allclose(res.answer_nll, by_hand, atol=1e-4)
+    n_scored = (batch.labels[:, 1:] != -100).sum(1)
+    assert not torch.allclose(res.answer_nll, res.loss) and (n_scored > 2).any()
+    paper = DEFENSES.create("mmguard_multimodal", lambda_bind=0.0)
+    old = DEFENSES.create("mmguard_multimodal", lambda_bind=0.0, train_loss="mean")
+    with torch.no_grad():
+        a, _ = paper.joint_loss(llava, px, samples, [None] * 4, torch.zeros_like(px), None, None)
+        b, _ = old.joint_loss(llava, px, samples, [None] * 4, torch.zeros_like(px), None, None)
+    assert torch.allclose(a, by_hand, atol=1e-4) and torch.allclose(b, res.loss, atol=1e-5)
+
+
+def test_image_only_mmguard_needs_no_token_gradients_or_attentions(digits_small, tmp_path):
+    from toolkit.surrogates import load_surrogate
+    from toolkit.surrogates.tiny.clip import build_tiny_clip
+
+    image = DEFENSES.create("mmguard_image")
+    assert set(image.requires) == {"image_grad", "trainable", "text", "lora"}  # lora: the paper's inner adaptation
+    assert {"token_grad", "attentions", "image_attention"} <= set(DEFENSES.create("mmguard_bph").requires)
+    assert "attentions" not in DEFENSES.create("mmguard_multimodal").requires  # no binding term, no attentions
+    clip = load_surrogate(build_tiny_clip(tmp_path / "clip", seed=0))  # no attentions: refused before
+    data = digits_small[0][:6]
+    with pytest.raises(ValueError, match="train_loss='sum' needs per-token answer NLL"):
+        DEFENSES.create("mmguard_image", rounds=1, pgd_steps=1, batch_size=6, pgd_batch_size=6, eval_size=6,
+                        train_mode="full").protect(data, [clip])
+    with pytest.raises(CapabilityError, match="lora"):  # a LoRA inner adaptation needs a LoRA-capable surrogate
+        DEFENSES.create("mmguard_image", train_loss="mean").protect(data, [clip])
+    out = DEFENSES.create("mmguard_image", rounds=1, pgd_steps=1, batch_size=6, pgd_batch_size=6, eval_size=6,
+                          train_loss="mean", train_mode="full").protect(data, [clip])
+    assert any((p.image != s.image).any() for p, s in zip(out.dataset, data))
+
+
+def test_component_ablations_by_config(digits_small, llava):
+    data = digits_small[0][:6]
+    fast = dict(rounds=1, pgd_steps=1, max_trigger_tokens=2, trigger_candidates=2, pgd_batch_size=8, batch_size=8,
+                eval_size=6)
+    no_trigger = DEFENSES.create("mmguard_bph", text_trigger=False, **fast)
+    assert "token_grad" not in no_trigger.requires
+    out = no_trigger.protect(data, [llava])
+    assert all(p.question == s.question for p, s in zip(out.dataset, data))  # image only
+    assert any((p.image != s.image).any() for p, s in zip(out.dataset, data))
+    no_delta = DEFENSES.create("mmguard_bph", image_perturbation=False, **fast)
+    assert no_delta.config.pgd_steps == 0
+    out = no_delta.protect(data, [llava])
+    assert all((p.image == s.image).all() for p, s in zip(out.dataset, data))  # trigger only
+    assert all(p.question != s.question for p, s in zip(out.dataset, data))
+    with pytest.raises(ValueError, match="both off"):
+        DEFENSES.create("mmguard_bph", image_perturbation=False, text_trigger=False)

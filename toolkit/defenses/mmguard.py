@@ -46,7 +46,7 @@ import torch
 
 from ..attention import align_unpadded_to_protected, attention_rows, kl_divergence, mass_loss, perturbation_token_mask
 from ..engine import gather
-from ..registry import check_range
+from ..registry import check_choice, check_range
 from ..surrogates.processing import region_means
 from ..triggers import check_trigger_position
 from .base import DEFENSES
@@ -77,6 +77,14 @@ class MMGuardConfig(MinMinConfig):
         attention_layers: |K|, first LM layers whose attention enters l_mass (1).
         lambda_train (1.0), lambda_bind (2.0), bph_weights (b1, b2, b3) = (1, 1, 1).
         trigger_every: trigger pass every k rounds (1).
+        train_loss: l_train per sample: "sum" (the paper's Eq. 12: the NLL summed over the answer's
+            tokens) or "mean" (the mean over the answer's tokens and the closing end-of-sequence token,
+            the surrogate's training loss; what the toolkit used before, so lambda_bind acted as
+            lambda_bind * (|y| + 1) relative to Eq. 12).
+        image_perturbation / text_trigger: switch the image delta / the inserted trigger on or off
+            (None = the variant's own choice), e.g. BPH without trigger (``text_trigger=False``: the
+            trigger terms of l_bind vanish) or without perturbation (``image_perturbation=False``: no
+            PGD and no Omega_delta terms), the paper's component ablations.
     """
 
     max_trigger_tokens: int = 5
@@ -100,9 +108,16 @@ class MMGuardConfig(MinMinConfig):
     init: str = "uniform"
     stop_accuracy: float = 1.0
     stop_clean_accuracy: float = 0.0
+    train_loss: str = "sum"
+    image_perturbation: Optional[bool] = None
+    text_trigger: Optional[bool] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_choice("train_loss", self.train_loss, {"sum", "mean"})
+        for name in ("image_perturbation", "text_trigger"):
+            if getattr(self, name) not in (None, True, False):
+                raise ValueError(f"{name} must be true, false or null (the variant's choice), got {getattr(self, name)!r}")
         check_range("max_trigger_tokens", self.max_trigger_tokens, 1, 64)
         check_range("trigger_candidates", self.trigger_candidates, 1, 1 << 16)
         check_trigger_position(self.trigger_position)
@@ -135,11 +150,18 @@ class MMGuard(MinMinDefense):
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)
         uses_delta, uses_trigger, self.binding, self.train_sign = MMGUARD_VARIANTS[self.variant]
-        self.uses_delta, self.uses_trigger = uses_delta, uses_trigger
-        if not uses_delta and self.config.pgd_steps:
-            self.config = type(self.config)(**{**self.config.to_dict(), "pgd_steps": 0, "init": "zeros"})
-        if self.binding == "bph":
-            self.requires = self.requires + ("image_attention",)
+        cfg = self.config
+        self.uses_delta = uses_delta if cfg.image_perturbation is None else cfg.image_perturbation
+        self.uses_trigger = uses_trigger if cfg.text_trigger is None else cfg.text_trigger
+        if not (self.uses_delta or self.uses_trigger):
+            raise ValueError(f"{self.name}: image_perturbation and text_trigger are both off: nothing to optimise")
+        if not self.uses_delta and (cfg.pgd_steps or cfg.init != "zeros"):
+            self.config = type(cfg)(**{**cfg.to_dict(), "pgd_steps": 0, "init": "zeros"})
+        # what this configuration really calls on a surrogate (an image-only MMGuard needs no token gradients
+        # and, without a binding term, no attentions)
+        self.requires = ("image_grad", "trainable", "text") + (("token_grad",) if self.uses_trigger else ()) \
+            + (("attentions",) if self.binding else ()) + (("image_attention",) if self.binding == "bph" else ()) \
+            + (("lora",) if self.config.train_mode == "lora" else ())
 
     # ------------------------------------------------------------------ hooks
     def setup(self, run: MinMinRun) -> None:
@@ -233,7 +255,14 @@ class MMGuard(MinMinDefense):
         cfg = self.config
         k = cfg.attention_layers if self.binding else 0
         res = surrogate.forward_samples(pixels, samples, spans, attention_layers=k, embedding_grad=embedding_grad)
-        loss = self.train_sign * cfg.lambda_train * res.loss
+        if cfg.train_loss == "sum":
+            if getattr(res, "answer_nll", None) is None:
+                raise ValueError(f"{self.name}: train_loss='sum' needs per-token answer NLL, which the "
+                                 f"{surrogate.family} surrogate does not report; set train_loss='mean'")
+            l_train = res.answer_nll
+        else:
+            l_train = res.loss
+        loss = self.train_sign * cfg.lambda_train * l_train
         if self.binding is None or not cfg.lambda_bind:
             return loss, res
         batch = res.batch
@@ -243,6 +272,8 @@ class MMGuard(MinMinDefense):
             regions = surrogate.image_token_regions(h, w)
             scores = region_means(deltas.detach().abs().mean(1).to(regions.device), regions)
             omega_delta = perturbation_token_mask(batch.image_mask, scores.to(batch.image_mask.device), cfg.tau_delta)
+            if not self.uses_delta:  # no perturbation: its terms vanish (l_mass of an empty set is 0)
+                omega_delta = torch.zeros_like(omega_delta)
             bind = binding_loss_terms(res.attentions, batch.answer_mask, trigger, omega_delta, cfg.bph_weights)
         else:
             clean = self._clean_answer_rows(surrogate, clean_pixels, clean_samples, k, items, memo)

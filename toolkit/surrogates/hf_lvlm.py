@@ -62,7 +62,10 @@ class ForwardResult:
     """What :meth:`HFVisionLanguageSurrogate.run` returns.
 
     Attributes:
-        loss: per-sample mean answer NLL (N,), differentiable.
+        loss: per-sample mean answer NLL (N,) over the answer's tokens and the end-of-sequence token that
+            closes it, differentiable (the training objective).
+        answer_nll: per-sample SUM of the NLL over the answer's own tokens (end-of-sequence excluded) (N,),
+            differentiable: MMGuard's l_train as the paper's Eq. 12 writes it.
         correct: teacher-forced exact match (N,) bool.
         attentions: attention probabilities of the first K language-model layers,
             each (N, heads, L, L) (query, key); empty unless requested.
@@ -76,6 +79,7 @@ class ForwardResult:
     attentions: Tuple[torch.Tensor, ...]
     embeddings: Optional[torch.Tensor]
     batch: "TokenBatch"
+    answer_nll: Optional[torch.Tensor] = None
 
 
 def check_prompt_template(template: str) -> None:
@@ -356,6 +360,7 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
         scored = tgt != -100
         nll = F.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=-100, reduction="none")
         loss = nll.sum(dim=1) / scored.sum(dim=1).clamp(min=1)
+        answer_nll = (nll * (scored & (tgt != self.tokenizer.eos_token_id))).sum(dim=1)  # encode() appends EOS
         correct = ((logits.argmax(-1) == tgt) | ~scored).all(dim=1)
         attentions: Tuple[torch.Tensor, ...] = ()
         if attention_layers:
@@ -363,7 +368,7 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
             if len(attentions) < attention_layers:
                 raise ValueError(f"{self.family}: asked for {attention_layers} attention layers, the language "
                                  f"model has {len(attentions)}")
-        return ForwardResult(loss, correct, attentions, captured[0] if captured else None, batch)
+        return ForwardResult(loss, correct, attentions, captured[0] if captured else None, batch, answer_nll)
 
     def select_attentions(self, output: Any) -> Tuple[torch.Tensor, ...]:
         """Language-model self-attention maps from a model output (family hook; default ``output.attentions``)."""

@@ -75,6 +75,11 @@ class MinMinDefense(Defense):
     requires: Tuple[str, ...] = ("image_grad", "trainable")
     needs_surrogate = True
 
+    def __init__(self, **config: Any) -> None:
+        super().__init__(**config)
+        if self.config.train_mode == "lora" and "lora" not in self.requires:  # the inner adaptation attaches LoRA
+            self.requires = tuple(self.requires) + ("lora",)
+
     # ------------------------------------------------------------------ hooks
     def setup(self, run: MinMinRun) -> None:
         """Extra initialisation (e.g. triggers) before the first round."""
