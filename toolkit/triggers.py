@@ -2,12 +2,15 @@
 
 Used by MEM (Liu et al., ACM MM 2024: a k-token trigger per pair) and MMGuard
 (Zhao et al., 2026: at most eps_t inserted tokens per question). A trigger is a
-list of words; each word is one admissible token of the first surrogate's
-tokenizer (ASCII letters, written with a leading space; no digits,
-punctuation, special or control tokens), so the trigger length in tokens is
-the number of words. The trigger is *inserted* into the question at a word
-boundary; nothing of the original text is replaced, and the answer is never
-touched.
+list of words drawn from the admissible vocabulary of the first surrogate's
+tokenizer (tokens that decode to a leading space + ASCII letters; no digits,
+punctuation, special or control tokens). A word is one token only where the
+tokenizer sees it with its leading space: at the start of a turn it may split
+(" the" is one token, "the" after a newline two), so the min-min defenses check
+each word in place against every surrogate (``single_token_words``, on by
+default) and only then does the trigger length in tokens equal the number of
+words. The trigger is *inserted* into the question at a word boundary; nothing
+of the original text is replaced, and the answer is never touched.
 
 Search (HotFlip, Ebrahimi et al. 2018): for slot j the first-order change of
 the loss when the slot's token embedding e_j is swapped for e_v is

@@ -37,7 +37,8 @@ class MEM(MinMinDefense):
     ``trigger_rounds`` (triggers are updated in the first rounds only, 5),
     ``trigger_fraction`` (share of samples searched per round, 1.0),
     ``trigger_position`` ("start"), ``shuffle_captions`` ("auto" = only for CLIP
-    surrogates, "always", "never").
+    surrogates, "always", "never"), ``single_token_words`` (True: every trigger word stays one token of
+    every surrogate in place, so k words are k tokens; False: words only, as earlier versions).
     """
 
     requires = ("image_grad", "trainable", "text", "token_grad")
@@ -50,6 +51,7 @@ class MEM(MinMinDefense):
         trigger_fraction: float = 1.0
         trigger_position: Any = "start"
         shuffle_captions: str = "auto"
+        single_token_words: bool = True
         pgd_steps: int = 8
         step_size: float = 1 / 255
 
@@ -65,7 +67,7 @@ class MEM(MinMinDefense):
     def setup(self, run: MinMinRun) -> None:
         """Start every sample with ``max_trigger_tokens`` random admissible words of the first surrogate."""
         run.pert.random_triggers(run.weighted[0][0], self.config.max_trigger_tokens, self.config.trigger_position,
-                                 run.gen)
+                                 run.gen, check=run.surrogates if self.config.single_token_words else None)
 
     def _shuffles(self, surrogates) -> bool:
         mode = self.config.shuffle_captions
@@ -88,4 +90,5 @@ class MEM(MinMinDefense):
             return
         n = len(run.pert)
         idx = torch.randperm(n, generator=run.gen)[:max(1, int(round(cfg.trigger_fraction * n)))]
-        self.trigger_pass(run, idx, cfg.trigger_candidates, batch_size=cfg.pgd_batch_size)
+        self.trigger_pass(run, idx, cfg.trigger_candidates, batch_size=cfg.pgd_batch_size,
+                          single_token=cfg.single_token_words)

@@ -81,6 +81,10 @@ class MMGuardConfig(MinMinConfig):
             tokens) or "mean" (the mean over the answer's tokens and the closing end-of-sequence token,
             the surrogate's training loss; what the toolkit used before, so lambda_bind acted as
             lambda_bind * (|y| + 1) relative to Eq. 12).
+        single_token_words: every trigger word must stay exactly one token of every surrogate where it is
+            inserted (start triggers and candidates are checked by re-tokenising), so eps_t counts tokens as
+            the paper's budget does; False = the check of earlier versions (words), which a word split at
+            the start of a turn could exceed.
         image_perturbation / text_trigger: switch the image delta / the inserted trigger on or off
             (None = the variant's own choice), e.g. BPH without trigger (``text_trigger=False``: the
             trigger terms of l_bind vanish) or without perturbation (``image_perturbation=False``: no
@@ -109,6 +113,7 @@ class MMGuardConfig(MinMinConfig):
     stop_accuracy: float = 1.0
     stop_clean_accuracy: float = 0.0
     train_loss: str = "sum"
+    single_token_words: bool = True
     image_perturbation: Optional[bool] = None
     text_trigger: Optional[bool] = None
 
@@ -168,14 +173,15 @@ class MMGuard(MinMinDefense):
         """Random admissible start triggers (trigger variants); no trigger otherwise."""
         if self.uses_trigger:
             run.pert.random_triggers(run.weighted[0][0], self.config.max_trigger_tokens,
-                                     self.config.trigger_position, run.gen)
+                                     self.config.trigger_position, run.gen,
+                                     check=run.surrogates if self.config.single_token_words else None)
 
     def text_step(self, run: MinMinRun) -> None:
         """One HotFlip pass over every sample's trigger every ``trigger_every`` rounds, on l_joint."""
         if not self.uses_trigger or run.round % self.config.trigger_every:
             return
         self.trigger_pass(run, torch.arange(len(run.pert)), self.config.trigger_candidates,
-                          batch_size=self.config.pgd_batch_size)
+                          batch_size=self.config.pgd_batch_size, single_token=self.config.single_token_words)
 
     def trigger_objective(self, run: MinMinRun):
         """l_joint of dataset items (CRS reuses each item's clean pass within the step)."""

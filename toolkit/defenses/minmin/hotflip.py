@@ -32,7 +32,7 @@ def answer_loss(surrogate, pixels, samples, spans, embedding_grad, items=None):
 
 def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor, candidates: int,
                  loss_fn: Optional[TriggerLoss] = None, batch_size: int = 32, descend: bool = True,
-                 who: str = "trigger search") -> Dict[str, float]:
+                 who: str = "trigger search", single_token: bool = True) -> Dict[str, float]:
     """One HotFlip screen-and-verify pass over every trigger slot of the samples ``indices`` (in place).
 
     Args:
@@ -46,9 +46,12 @@ def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor
         batch_size: samples per screen batch and candidates per verify batch.
         descend: lower the loss (True) or raise it (False).
         who: named in capability errors.
+        single_token: verify only candidates that stay exactly one token of every surrogate where they
+            are inserted (:meth:`Perturbation.single_token_words`), so a trigger of k words spends k tokens.
 
     Returns:
-        ``changed`` (slots changed), ``loss_before`` and ``loss_after`` (mean per slot visit).
+        ``changed`` (slots changed), ``loss_before`` and ``loss_after`` (mean per slot visit),
+        ``rejected`` (candidates dropped because they split into several tokens in place).
     """
     loss_fn = loss_fn or answer_loss
     weighted = weighted_members(surrogates)
@@ -56,7 +59,7 @@ def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor
         s.require("token_grad", "text", who=who)
     vocabs = [s.trigger_vocabulary().without(pert.banned_words) for s, _ in weighted]
     sign = 1.0 if descend else -1.0
-    changed, before, after = 0, [], []
+    changed, before, after, rejected = 0, [], [], 0
     for idx in shape_batches(pert.shapes, batch_size, indices=indices):
         pixels = pert.pixels(idx)
         n_slots = max(len(pert.triggers[i]) for i in idx.tolist())
@@ -92,6 +95,10 @@ def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor
                     words = list(pert.triggers[i])
                     words[slot] = w
                     jobs.append((r, i, words))
+            if single_token and jobs:
+                keep = pert.single_token_words(surrogates, [i for _, i, _ in jobs], [w for _, _, w in jobs], slot)
+                rejected += len(jobs) - sum(keep)
+                jobs = [job for job, good in zip(jobs, keep) if good]
             best = {r: (sign * float(current_loss[r]), None) for r in range(len(rows))}  # signed, lower wins
             with torch.no_grad():
                 for start in range(0, len(jobs), batch_size):
@@ -116,4 +123,4 @@ def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor
                     changed += 1
                 after.append(sign * value)
     return {"changed": changed, "loss_before": sum(before) / max(1, len(before)),
-            "loss_after": sum(after) / max(1, len(after))}
+            "loss_after": sum(after) / max(1, len(after)), "rejected": rejected}

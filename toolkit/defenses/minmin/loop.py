@@ -145,14 +145,14 @@ class MinMinDefense(Defense):
 
     def trigger_pass(self, run: MinMinRun, indices: torch.Tensor, candidates: int,
                      loss_fn: Optional[TriggerLoss] = None, batch_size: int = 32,
-                     descend: bool = True) -> Dict[str, float]:
+                     descend: bool = True, single_token: bool = True) -> Dict[str, float]:
         """One HotFlip screen-and-verify pass over the trigger slots of ``indices`` (see
         :func:`~.hotflip.trigger_pass`; ``loss_fn`` defaults to :meth:`trigger_objective`). The counts
         (``changed``, ``loss_before``, ``loss_after``) are returned and recorded in ``run.stats`` with a
         ``trigger_`` prefix."""
         stats = trigger_pass(run.surrogates, run.pert, indices, candidates,
                              loss_fn=loss_fn or self.trigger_objective(run), batch_size=batch_size, descend=descend,
-                             who=f"defense {self.name!r} (trigger search)")
+                             who=f"defense {self.name!r} (trigger search)", single_token=single_token)
         run.stats.update({f"trigger_{k}": v for k, v in stats.items()})
         return stats
 

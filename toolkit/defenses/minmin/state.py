@@ -61,13 +61,56 @@ class Perturbation:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def random_triggers(self, surrogate, length: int, position: Any, gen: torch.Generator) -> None:
+    def random_triggers(self, surrogate, length: int, position: Any, gen: torch.Generator,
+                        check: Optional[Sequence] = None, attempts: int = 50) -> None:
         """Start every sample with ``length`` random admissible words of ``surrogate``'s trigger vocabulary
-        (answer words excluded), inserted at ``position``."""
+        (answer words excluded), inserted at ``position``. With ``check`` (surrogates), a sample whose
+        trigger has a word that is not exactly one token in each of them *in place* is drawn again."""
         vocab = surrogate.trigger_vocabulary().without(self.banned_words)
-        picks = torch.randint(0, len(vocab), (len(self), length), generator=gen)
-        self.triggers = [[vocab.words[j] for j in row] for row in picks.tolist()]
         self.position = position
+        self.triggers = [[] for _ in range(len(self))]
+        todo = list(range(len(self)))
+        for _ in range(attempts):
+            picks = torch.randint(0, len(vocab), (len(todo), length), generator=gen)
+            for i, row in zip(todo, picks.tolist()):
+                self.triggers[i] = [vocab.words[j] for j in row]
+            if not check:
+                return
+            ok = self.single_token_words(check, todo, [self.triggers[i] for i in todo])
+            todo = [i for i, good in zip(todo, ok) if not good]
+            if not todo:
+                return
+        raise ValueError(f"no trigger of {length} single-token words found for {len(todo)} samples after "
+                         f"{attempts} draws (the surrogates' tokenizers split too many admissible words here)")
+
+    def single_token_words(self, surrogates: Sequence, rows: Sequence[int], word_lists: Sequence[Sequence[str]],
+                           slot: Optional[int] = None) -> List[bool]:
+        """Whether each (dataset item, words) keeps every inserted word (or only word ``slot``) as exactly one
+        token of every surrogate once inserted into the item's question: the paper's token budget counts
+        tokens, and a word split in context (e.g. at the start of a turn, with no leading space) would
+        spend more than one. Tokenisation only, no forward pass."""
+        samples, spans, owner = [], [], []
+        for r, (i, words) in enumerate(zip(rows, word_lists)):
+            text, _, word_spans = insert_trigger(self.samples[i].question, list(words), self.position)
+            chosen = word_spans if slot is None else [word_spans[slot]]
+            for span in chosen:
+                samples.append(self.samples[i].with_(question=text))
+                spans.append(span)
+                owner.append(r)
+        ok = [True] * len(rows)
+        if not samples:
+            return ok
+        by_shape: Dict[Tuple[int, ...], List[int]] = {}
+        for k, r in enumerate(owner):
+            by_shape.setdefault(self.shapes[rows[r]], []).append(k)
+        for s in weighted_members(surrogates):
+            for shape, ks in by_shape.items():
+                counts = s[0].trigger_token_mask(tuple(shape[:2]), [samples[k] for k in ks],  # shape: (H, W, 3)
+                                                 [spans[k] for k in ks]).sum(1).tolist()
+                for k, c in zip(ks, counts):
+                    if c != 1:
+                        ok[owner[k]] = False
+        return ok
 
     def deltas(self, idx: torch.Tensor) -> torch.Tensor:
         """Per-sample deltas of the items ``idx`` (B, 3, H, W)."""
