@@ -67,7 +67,7 @@ class FineTune:
 
     Config (keyword-only): ``mode`` full|projector|lora, ``epochs``, ``lr`` (AdamW),
     ``batch_size``, ``weight_decay``, ``lora_rank``, ``lora_alpha``,
-    ``lora_dropout``, ``seed`` (batch order), ``max_grad_norm``, ``schedule``
+    ``lora_dropout``, ``seed`` (batch order, LoRA initialisation and dropout: a run is reproducible), ``max_grad_norm``, ``schedule``
     (constant or cosine decay of the learning rate to 0), ``warmup`` (share of all
     steps with a linear learning-rate warm-up from 0; 0 = none), ``lora_projector``
     (mode lora only: also train the vision-language projector in full, as
@@ -121,6 +121,13 @@ class FineTune:
             raise TypeError(f"{countermeasure!r} is a data-side countermeasure: apply it to the dataset instead")
         victim.require("trainable", who="FineTune")
         train.require_nonempty()
+        devices = sorted({victim.device.index or 0} if victim.device.type == "cuda" else set())
+        with torch.random.fork_rng(devices=devices):  # LoRA init and dropout from the seed, not the global RNG
+            torch.manual_seed(int(cfg.seed))
+            return self._train(victim, train, progress, countermeasure)
+
+    def _train(self, victim: Surrogate, train: VQADataset, progress: bool, countermeasure) -> FineTuneResult:
+        cfg = self.config
         if cfg.mode == "lora":
             victim.require("lora", who="FineTune(mode='lora')")
             victim.attach_lora(LoraSettings(rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,

@@ -180,7 +180,7 @@ class Stages:
         pre = self.spec.finetune.get("pretrain")
         if not pre:
             return self.models.folder(victim)
-        key = content_hash("pretrain", self.models.identity(victim), pre, self.spec.data, seed)
+        key = content_hash("pretrain", self.models.identity(victim), pre, self.spec.data, seed, code_identity(FineTune))
         if not self.cache.has("pretrain", key):
             def build(tmp: Path) -> Dict[str, Any]:
                 if "task" in pre:
@@ -219,7 +219,7 @@ class Stages:
         score it on the clean ``test`` split."""
         recipe = {k: v for k, v in self.spec.finetune.items() if k != "pretrain"}
         key = content_hash("finetune", data_key, self.models.identity(victim), self.spec.finetune,
-                           cm.name if cm else None, cm.config if cm else None, seed)
+                           cm.name if cm else None, cm.config if cm else None, seed, code_identity(FineTune))
         if not self.cache.has("finetune", key):
             def build(tmp: Path) -> Dict[str, Any]:
                 model = self.models.load(victim, self.pretrained_victim(victim, seed, attacker_clean))
