@@ -28,7 +28,7 @@ SAMPLE = {"granularity": "sample", "rounds": 30, "train_steps": 20, "pgd_steps":
           "stop_clean_accuracy": 0.3}
 # MMGuard on a from-scratch surrogate: the sample-wise schedule instead of the paper's
 # LoRA-on-a-pretrained-LVLM one, triggers of 5 words searched every 5 rounds.
-MMG = {**SAMPLE, "rounds": 20, "train_mode": "full", "lr": 2e-3, "step_size": 2 / 255, "init": "zeros",
+MMG = {**SAMPLE, "train_unit": "steps", "batch_size": 64, "rounds": 20, "train_mode": "full", "lr": 2e-3, "step_size": 2 / 255, "init": "zeros",
        "stop_accuracy": 0.99, "max_trigger_tokens": 5, "trigger_candidates": 8, "trigger_every": 5,
        "lambda_bind": 2.0}
 TRIG = {"max_trigger_tokens": 5, "trigger_candidates": 16, "trigger_rounds": 30, "trigger_fraction": 0.2}

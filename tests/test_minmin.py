@@ -159,3 +159,69 @@ def test_hooks_keep_no_run_state_on_the_defense(name, data, llava):
     out = defense.protect(data, [llava])
     assert set(vars(defense)) == before
     assert "trigger_changed" in out.info["history"][0]  # the trigger pass's counts land in the history
+
+
+def _record_training(monkeypatch):
+    """Patch the train_pixels hook to record, per call, the trained surrogate and the sample ids."""
+    seen = []
+
+    def record(self, run, surrogate, pixels, samples):
+        seen.append((surrogate, [s.id for s in samples]))
+        return pixels
+
+    monkeypatch.setattr(MinMinDefense, "train_pixels", record)
+    return seen
+
+
+@pytest.mark.parametrize("q", [1, 2])
+def test_q_passes_train_on_every_sample_q_times_per_round(q, data, llava, monkeypatch):
+    from collections import Counter
+
+    seen = _record_training(monkeypatch)
+    cfg = {**SMALL, "rounds": 2, "train_steps": q, "train_unit": "passes", "batch_size": 3, "pgd_steps": 1}
+    DEFENSES.create("emn", **cfg).protect(data, [llava])
+    counts = Counter(i for _, ids in seen for i in ids)
+    assert counts == Counter({s.id: 2 * q for s in data})  # every sample, Q times in each of the 2 rounds
+    assert max(len(ids) for _, ids in seen) <= 3
+    seen.clear()
+    DEFENSES.create("emn", **{**cfg, "train_unit": "steps"}).protect(data, [llava])
+    assert len(seen) == 2 * q and sum(len(ids) for _, ids in seen) < 2 * q * len(data)  # steps: Q batches a round
+
+
+def test_mmguard_defaults_adapt_one_pass_at_the_papers_batch():
+    cfg = DEFENSES.create("mmguard_bph").config
+    assert (cfg.train_unit, cfg.train_steps, cfg.batch_size, cfg.restart_every) == ("passes", 1, 2, 1)
+    assert DEFENSES.create("emn").config.train_unit == "steps"  # EMN keeps its own schedule
+
+
+def test_lora_rank_per_surrogate(data, tiny_llava_dir, monkeypatch):
+    from toolkit.surrogates import load_surrogate
+    from toolkit.surrogates.ensemble import Ensemble
+
+    a, b = load_surrogate(tiny_llava_dir), load_surrogate(tiny_llava_dir)
+    seen = _record_training(monkeypatch)
+
+    def ranks(surrogate):  # LoRA A is (r, in), B is (out, r): the smallest dimension is the rank here
+        members = getattr(surrogate, "members", [surrogate])
+        return [min(min(p.shape) for p in m.trainable_parameters("lora")) for m in members]
+
+    monkeypatch.setattr(MinMinDefense, "train_pixels",
+                        lambda self, run, s, px, smp: (seen.append(ranks(s)), px)[1])
+    cfg = {**SMALL, "rounds": 1, "train_steps": 1, "pgd_steps": 1, "train_mode": "lora"}
+    DEFENSES.create("emn", **cfg, lora_rank=[2, 4]).protect(data, [a, b])
+    assert seen == [[2], [4]]
+    seen.clear()
+    DEFENSES.create("emn", **cfg, lora_rank=[4, 2]).protect(data, [Ensemble([a, b])])
+    assert seen == [[4, 2]]
+    seen.clear()
+    DEFENSES.create("emn", **cfg, lora_rank=3).protect(data, [a, b])
+    assert seen == [[3], [3]]
+    with pytest.raises(ValueError, match="lora_rank lists 3 ranks for 2"):
+        DEFENSES.create("emn", **cfg, lora_rank=[2, 2, 2]).protect(data, [a, b])
+
+
+@pytest.mark.parametrize("bad", [{"lora_rank": []}, {"lora_rank": [2, 0]}, {"lora_rank": [2.5]},
+                                 {"lora_rank": True}, {"train_unit": "epochs"}])
+def test_bad_inner_settings(bad):
+    with pytest.raises(ValueError):
+        DEFENSES.create("emn", **bad)

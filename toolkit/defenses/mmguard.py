@@ -23,12 +23,17 @@ pixel region each token sees; Omega_gamma = trigger tokens; Omega_y = answer
 tokens; l_mass averages KL(U_R || A_k(S)) over the first ``attention_layers``
 language-model layers (see :mod:`toolkit.attention`).
 
-Schedule (paper defaults): R rounds; each round every surrogate gets a fresh
-LoRA (rank 8, dropout 0.1, lr 1e-4) trained Q = 1 step on the current
-protected data and discarded after the round (``restart_every=1``), then P = 8
-PGD steps on delta (step 1/255) and one HotFlip screen-and-verify pass on the
-triggers. A from-scratch surrogate (the tiny digits setting) is better served
-by the EMN-style settings (``train_mode="full"``, more train steps, restarts
+Schedule. The paper sweeps its schedule (App. F, Table 5: R in {1,3,5,7}, Q in {0..5}, P in
+{0,1,2,5,8}, top-K in {8..512}, lambda_bind in {0.1..2}, |K| in {1..7}, eps_t in {1..9}) and fixes
+only some values: LoRA rank 8 / 16 per surrogate, dropout 0.1 on all attention+MLP projections,
+per-device batch 2, PGD step 1/255, lambda_train 1, and eps_x = 8/255 as "a practical default". The
+defaults here are one point of those grids (ours): R = 3 rounds; each round every surrogate gets a
+fresh LoRA (rank 8, lr 1e-4), trained for Q = 1 pass over the current protected data at batch 2
+(``train_unit="passes"``: the paper calls Q "steps" but costs a round at O(n Q)) and discarded after
+the round (``restart_every=1``), then P = 8 PGD steps on delta and one HotFlip screen-and-verify pass
+(top-64) on the triggers. ``train_unit="steps", batch_size=64`` gives the schedule this toolkit
+used before (Q optimiser steps on batches of 64, so PGD met an almost unadapted surrogate). A from-scratch surrogate (the tiny digits
+setting) is better served by EMN-style settings (``train_mode="full"``, more train steps, restarts
 from random inits): every knob of :class:`~toolkit.defenses.minmin.MinMinConfig` applies.
 
 Variants (registered names): ``mmguard_image`` (delta only, l_train),
@@ -68,7 +73,8 @@ MMGUARD_VARIANTS = {
 
 @dataclass(frozen=True, kw_only=True)
 class MMGuardConfig(MinMinConfig):
-    """MMGuard settings (paper defaults; see the module docstring).
+    """MMGuard settings (the paper's values where it fixes one, one point of its grids otherwise; see the
+    module docstring).
 
     Attributes:
         max_trigger_tokens: eps_t (5). trigger_candidates: HotFlip top-K per slot (64).
@@ -102,6 +108,8 @@ class MMGuardConfig(MinMinConfig):
     bph_weights: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     rounds: int = 3
     train_steps: int = 1
+    train_unit: str = "passes"
+    batch_size: int = 2
     pgd_steps: int = 8
     step_size: float = 1 / 255
     train_mode: str = "lora"

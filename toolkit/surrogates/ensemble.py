@@ -89,9 +89,13 @@ class Ensemble(Surrogate):
             yield self
 
     def attach_lora(self, settings: Any = None) -> None:
-        """Attach a fresh adapter to every member."""
-        for m in self.members:
-            m.attach_lora(settings) if settings is not None else m.attach_lora()
+        """Attach a fresh adapter to every member: ``settings`` for all of them, or a list or tuple with
+        one entry per member (e.g. a rank per family, as the paper gives r8 / r16 per surrogate)."""
+        per = list(settings) if isinstance(settings, (list, tuple)) else [settings] * len(self.members)
+        if len(per) != len(self.members):
+            raise ValueError(f"{len(per)} LoRA settings for {len(self.members)} ensemble members")
+        for m, st in zip(self.members, per):
+            m.attach_lora(st) if st is not None else m.attach_lora()
 
     def detach_lora(self, merge: bool = False) -> None:
         """Remove every member's adapter."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Tuple, Union
 
 from ...registry import check_choice, check_range
 from ..base import DefenseConfig
@@ -16,11 +17,16 @@ class MinMinConfig(DefenseConfig):
     Attributes:
         granularity: "sample" or "class".
         answer_clusters: 0 = one class per distinct answer; k > 0 = k answer clusters.
-        rounds: maximum rounds; train_steps: surrogate steps per round (Q);
+        rounds: maximum rounds; train_steps: the surrogate's training per round (Q), counted in train_unit:
+        train_unit: "steps" (Q optimiser steps, each on the next batch of an endless shuffled stream) or
+            "passes" (Q full shuffled passes over the protected data: every sample is trained on Q times).
         pgd_steps: PGD steps per batch per round (P); step_size: PGD sign step.
         pgd_fraction: share of samples whose perturbation is updated each round.
         batch_size / pgd_batch_size: training / PGD batch sizes.
-        lr: surrogate learning rate (AdamW); train_mode: "full", "projector" or "lora"; lora_rank, lora_dropout.
+        lr: surrogate learning rate (AdamW); train_mode: "full", "projector" or "lora"; lora_dropout.
+        lora_rank: adapter rank (alpha = 2 x rank), one number for every surrogate, or one per surrogate in the
+            order the defense receives them with ensembles expanded into their members (the paper: r8 for
+            Qwen3-VL-4B, r16 for MiniCPM-V-4).
         init: "zeros" or "uniform" (U(-eps, eps)) start of delta.
         stop_accuracy, stop_clean_accuracy, stop_loss, eval_size: stopping rule (see EMN).
         restart_every, restart_init: periodic surrogate restarts ("same" weights or "random" init).
@@ -30,6 +36,7 @@ class MinMinConfig(DefenseConfig):
     answer_clusters: int = 0
     rounds: int = 30
     train_steps: int = 10
+    train_unit: str = "steps"
     pgd_steps: int = 5
     step_size: float = 2 / 255
     pgd_fraction: float = 1.0
@@ -37,7 +44,7 @@ class MinMinConfig(DefenseConfig):
     pgd_batch_size: int = 128
     lr: float = 2e-3
     train_mode: str = "full"
-    lora_rank: int = 8
+    lora_rank: Union[int, Tuple[int, ...]] = 8
     lora_dropout: float = 0.0
     init: str = "zeros"
     stop_accuracy: float = 0.99
@@ -61,7 +68,16 @@ class MinMinConfig(DefenseConfig):
         check_range("batch_size", self.batch_size, 1, 1 << 20)
         check_range("pgd_batch_size", self.pgd_batch_size, 1, 1 << 20)
         check_range("lr", self.lr, 0, 1, low_open=True)
-        check_range("lora_rank", self.lora_rank, 1, 4096)
+        check_choice("train_unit", self.train_unit, {"steps", "passes"})
+        ranks = self.lora_rank if isinstance(self.lora_rank, (list, tuple)) else (self.lora_rank,)
+        if not ranks:
+            raise ValueError("lora_rank must be an integer or a non-empty list of integers (one per surrogate)")
+        for r in ranks:
+            if not isinstance(r, int) or isinstance(r, bool):
+                raise ValueError(f"lora_rank entries must be integers, got {r!r}")
+            check_range("lora_rank", r, 1, 4096)
+        if isinstance(self.lora_rank, list):
+            object.__setattr__(self, "lora_rank", tuple(self.lora_rank))
         check_range("lora_dropout", self.lora_dropout, 0, 1, high_open=True)
         check_range("stop_accuracy", self.stop_accuracy, 0, 1)
         check_range("stop_clean_accuracy", self.stop_clean_accuracy, 0, 1)
@@ -71,3 +87,12 @@ class MinMinConfig(DefenseConfig):
         check_choice("restart_init", self.restart_init, {"same", "random"})
         if self.restart_init == "random" and self.train_mode != "full":
             raise ValueError("restart_init='random' needs train_mode='full' (a from-scratch surrogate)")
+
+    def lora_ranks(self, members: int) -> Tuple[int, ...]:
+        """One adapter rank per surrogate member (``members`` of them, ensembles expanded)."""
+        if isinstance(self.lora_rank, int):
+            return (self.lora_rank,) * members
+        if len(self.lora_rank) != members:
+            raise ValueError(f"lora_rank lists {len(self.lora_rank)} ranks for {members} surrogate members "
+                             f"(one per surrogate, ensembles expanded, in order)")
+        return tuple(self.lora_rank)

@@ -35,6 +35,7 @@ from ...checkpoint import RunCheckpoint, fingerprint
 from ...data import VQASample
 from ...engine import TrainState, adapted, gather, make_generator, pgd, project, shape_batches, train_step
 from ...surrogates.base import LoraSettings
+from ...surrogates.ensemble import Ensemble, weighted_members
 from ..base import Defense, Proposal
 from .config import MinMinConfig
 from .hotflip import TriggerLoss, answer_loss, trigger_pass
@@ -122,6 +123,26 @@ class MinMinDefense(Defense):
         self.setup(run)
         return run
 
+    def train_batches(self, pert: Perturbation, stream: TrainState, gen: torch.Generator) -> List[torch.Tensor]:
+        """The batches (index tensors) one surrogate trains on in one round: ``train_steps`` batches of the
+        endless stream (``train_unit="steps"``), or ``train_steps`` full shuffled passes over the data
+        (``"passes"``, every sample once per pass: the paper's Q with its O(n Q) cost per round)."""
+        cfg = self.config
+        if cfg.train_unit == "passes":
+            return [idx for _ in range(cfg.train_steps) for idx in shape_batches(pert.shapes, cfg.batch_size, gen)]
+        return [stream.next() for _ in range(cfg.train_steps)]
+
+    def lora_settings(self, surrogates) -> List[Any]:
+        """The adapter settings of each surrogate (a list per ensemble, one per member), from ``lora_rank``
+        (alpha = 2 x rank) and ``lora_dropout``."""
+        cfg = self.config
+        ranks = iter(cfg.lora_ranks(len(weighted_members(surrogates))))
+
+        def one(_):
+            r = next(ranks)
+            return LoraSettings(rank=r, alpha=2 * r, dropout=cfg.lora_dropout)
+        return [[one(m) for m in s.members] if isinstance(s, Ensemble) else one(s) for s in surrogates]
+
     def image_step(self, run: MinMinRun) -> None:
         """PGD descent on the deltas of a random ``pgd_fraction`` of the samples."""
         cfg, pert, gen = self.config, run.pert, run.gen
@@ -165,12 +186,12 @@ class MinMinDefense(Defense):
         ckpt = RunCheckpoint(checkpoint,
                              fingerprint({"defense": self.name, **cfg.to_dict()}, dataset, surrogates))
         n = len(pert)
-        lora = LoraSettings(rank=cfg.lora_rank, alpha=2 * cfg.lora_rank, dropout=cfg.lora_dropout)
+        loras = self.lora_settings(surrogates) if cfg.train_mode == "lora" else [None] * len(surrogates)
         history: List[Dict[str, float]] = []
         converged, start_round = False, 0
         with contextlib.ExitStack() as stack:
             with _seeded(int(torch.randint(0, 2 ** 31 - 1, (), generator=gen)), devices):
-                states = [stack.enter_context(adapted(s, cfg.train_mode, lora)) for s in surrogates]
+                states = [stack.enter_context(adapted(s, cfg.train_mode, lora)) for s, lora in zip(surrogates, loras)]
             optimizers = [torch.optim.AdamW(st.params, lr=cfg.lr, weight_decay=0.0) for st in states]
             stream = TrainState(pert.shapes, cfg.batch_size, gen)
             eval_idx = torch.randperm(n, generator=gen)[:cfg.eval_size]
@@ -200,8 +221,7 @@ class MinMinDefense(Defense):
                     # (a) train the surrogate(s) on the current protected data
                     for s, opt, st in zip(surrogates, optimizers, states):
                         with s.training(st.params):
-                            for _ in range(cfg.train_steps):
-                                idx = stream.next()
+                            for idx in self.train_batches(pert, stream, gen):
                                 samples, _ = pert.batch_samples(idx)
                                 train_step(lambda px, smp: s.loss(self.train_pixels(run, s, px, smp), smp), opt,
                                            pert.pixels(idx), samples)
