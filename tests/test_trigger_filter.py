@@ -46,7 +46,7 @@ def test_victim_language_model_scores_text(llava):
 
 
 def test_ngram_scorer_filter_strips_an_inserted_trigger():
-    from toolkit.attacks.ngram import NgramLM
+    from toolkit.surrogates.ngram import NgramLM
     from toolkit.triggers import insert_trigger
 
     clean = ["What digit is this?", "What digit is this ?", "what digit is this?"]

@@ -6,7 +6,7 @@ from .image_transforms import BitDepth, GaussianBlur, Grayscale, MedianFilter, R
 from .jpeg import JPEG
 from .lightshed import LightShed, PerturbationEstimator
 from .mixing import MixClean
-from .ngram import NgramLM
+from ..surrogates.ngram import NgramLM
 from .purification import DiffusionPurification, train_purifier
 from .text_transforms import Lowercase, Punctuation, Whitespace
 from .trigger_filter import TriggerFilter

@@ -18,7 +18,7 @@ import numpy as np
 from ..data import VQADataset
 from ..registry import Config, check_range
 from .base import COUNTERMEASURES, Transform
-from .ngram import NgramLM
+from ..surrogates.ngram import NgramLM
 
 __all__ = ["TriggerFilter"]
 

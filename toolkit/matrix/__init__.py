@@ -28,9 +28,9 @@ when it shares a family with one of them, black-box otherwise.
 from .cache import StageCache, content_hash
 from .models import ModelStore, threat_model
 from .run import run_matrix, stealth_metrics
-from .spec import ZERO_SHOT, CountermeasureSpec, DefenseSpec, MatrixError, MatrixSpec, load_spec
+from .spec import ZERO_SHOT, CountermeasureSpec, DefenseSpec, MatrixError, MatrixSpec, MetricSpec, load_spec
 from .stages import Stages, peak_memory_mib
 
-__all__ = ["ZERO_SHOT", "MatrixSpec", "DefenseSpec", "CountermeasureSpec", "run_matrix", "threat_model",
+__all__ = ["ZERO_SHOT", "MatrixSpec", "DefenseSpec", "CountermeasureSpec", "MetricSpec", "run_matrix", "threat_model",
            "peak_memory_mib", "load_spec", "MatrixError", "Stages", "ModelStore", "StageCache", "content_hash",
            "stealth_metrics"]

@@ -6,7 +6,7 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from tqdm.auto import tqdm
 
@@ -15,7 +15,7 @@ from ..release import package_versions, read_release
 from ..reports import write_reports
 from .cache import content_hash
 from .models import threat_model
-from .spec import ZERO_SHOT, MatrixError, MatrixSpec, load_spec
+from .spec import ZERO_SHOT, MatrixError, MatrixSpec, MetricSpec, load_spec
 from .stages import Stages
 
 __all__ = ["run_matrix", "stealth_metrics"]
@@ -23,14 +23,34 @@ __all__ = ["run_matrix", "stealth_metrics"]
 log = logging.getLogger(__name__)
 
 
-def stealth_metrics(train, released, names: Sequence[str]) -> Dict[str, Any]:
+def stealth_metrics(train, released, metrics: Sequence[Union[str, MetricSpec]],
+                    load_model: Optional[Callable[[str], Any]] = None,
+                    instances: Optional[Dict[Any, Any]] = None) -> Dict[str, Any]:
     """The spec's metrics that compare the owner's clean training set with its release (``METRICS`` entries of
-    kind ``images`` / ``text``); a metric that does not apply (image metrics of a text-only release) is None."""
+    kind ``images`` / ``text``); a metric that does not apply (image metrics of a text-only release) is None.
+
+    ``metrics``: names or :class:`MetricSpec` entries (their ``config``; a ``model`` key is loaded with
+    ``load_model`` and passed as the metric's ``scorer``). ``instances``: a dict kept between calls so each
+    metric is built, and each model loaded, once per run.
+    """
+    instances = {} if instances is None else instances
     out: Dict[str, Any] = {}
-    for name in names:
-        metric = METRICS.create(name)
-        if metric.kind in ("images", "text"):
-            out[name] = metric(train, released) if metric.applies(train, released) else None
+    for entry in metrics:
+        m = MetricSpec(entry) if isinstance(entry, str) else entry
+        if METRICS.get(m.name).kind not in ("images", "text"):
+            continue
+        key = ("metric", m.name, content_hash(m.config), m.model)
+        if key not in instances:
+            extra = {}
+            if m.model is not None:
+                if load_model is None:
+                    raise ValueError(f"metric {m.name}: model {m.model!r} needs load_model (model key -> model)")
+                if ("model", m.model) not in instances:
+                    instances[("model", m.model)] = load_model(m.model)
+                extra["scorer"] = instances[("model", m.model)]
+            instances[key] = METRICS.create(m.name, **m.config, **extra)
+        metric = instances[key]
+        out[m.name] = metric(train, released) if metric.applies(train, released) else None
     return out
 
 
@@ -69,6 +89,7 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
     models = stages.models
     versions = package_versions()
     mine = _shard_filter(spec, shard)
+    metric_instances: Dict[Any, Any] = {}  # built once per run (a metric's model is loaded once)
     if shard is None:
         for stale in out.glob("rows-shard-*.jsonl"):  # a sharded run's rows would be counted twice
             stale.unlink()
@@ -110,7 +131,9 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
                 else:
                     pkey, pmeta = stages.protect(dspec, train, seed)
                     released = read_release(stages.cache.path("protect", pkey) / "release")
-                stealth = stealth_metrics(train, released, spec.metrics)
+                # recomputed every run, never cached: a changed metric config or model cannot go stale
+                stealth = stealth_metrics(train, released, spec.metric_specs or spec.metrics, models.load,
+                                          metric_instances)
             except Exception as exc:  # an error row per cell of this defense; the matrix goes on
                 log.warning("protect %s failed: %s", dspec.label, exc)
                 for cm in spec.countermeasures:

@@ -27,8 +27,8 @@ from ..registry import import_plugin
 from ..surrogates import check_prompt_template
 from ..zoo import ZOO
 
-__all__ = ["ZERO_SHOT", "MatrixSpec", "DefenseSpec", "CountermeasureSpec", "MatrixError", "load_spec", "data_source",
-           "dataset_config", "RUNNER_DATA_KEYS"]
+__all__ = ["ZERO_SHOT", "MatrixSpec", "DefenseSpec", "CountermeasureSpec", "MetricSpec", "MatrixError", "load_spec",
+           "data_source", "dataset_config", "RUNNER_DATA_KEYS"]
 
 _TOP_KEYS = {"name", "data", "models", "defenses", "countermeasures", "victims", "finetune", "metrics", "seeds",
              "zero_shot", "plugins"}
@@ -61,6 +61,15 @@ class CountermeasureSpec:
     fitted: Tuple[str, ...] = ()  # member names that must be fitted (derived from the countermeasure classes)
 
 
+@dataclass(frozen=True)
+class MetricSpec:
+    """One ``metrics`` entry: registry ``name`` (the result column it fills), its ``config`` and, for a metric
+    that scores text with a language model the user owns, the ``model`` key of ``models:`` it uses."""
+
+    name: str
+    config: Dict[str, Any] = field(default_factory=dict)
+    model: Optional[str] = None
+
 
 @dataclass(frozen=True)
 class MatrixSpec:
@@ -77,6 +86,8 @@ class MatrixSpec:
     seeds: Tuple[int, ...]
     zero_shot: bool = False
     plugins: Tuple[str, ...] = ()
+    #: the ``metrics`` entries with their config and model (``metrics`` holds their names)
+    metric_specs: Tuple[MetricSpec, ...] = ()
 
     @classmethod
     def from_dict(cls, spec: Dict[str, Any]) -> "MatrixSpec":
@@ -181,11 +192,8 @@ class MatrixSpec:
         for v in victims:
             if v not in models:
                 raise MatrixError(f"victims: unknown model {v!r}")
-        metrics = tuple(_as_list(spec.get("metrics"), "metrics", str)
-                        or DEFAULT_METRICS)
-        bad = [m for m in metrics if m not in METRICS]
-        if bad:
-            raise MatrixError(f"metrics: unknown {bad}; known: {METRICS.names()}")
+        metric_specs = _metric_entries(spec.get("metrics"), models) or tuple(MetricSpec(n) for n in DEFAULT_METRICS)
+        metrics = tuple(m.name for m in metric_specs)
         seeds = tuple(_as_list(spec.get("seeds"), "seeds", int) or (0,))
         finetune = _mapping(spec.get("finetune"), "finetune")
         _check_finetune(finetune, data)
@@ -193,7 +201,7 @@ class MatrixSpec:
         if not isinstance(zero_shot, bool):
             raise MatrixError(f"zero_shot: true or false, got {zero_shot!r}")
         return cls(str(spec.get("name", "matrix")), data, models,
-                   tuple(defenses), tuple(cms), victims, finetune, metrics, seeds, zero_shot, plugins)
+                   tuple(defenses), tuple(cms), victims, finetune, metrics, seeds, zero_shot, plugins, metric_specs)
 
 
 #: keys of one ``defenses`` / ``countermeasures`` entry
@@ -282,6 +290,51 @@ def _entries(value: Any, where: str, keys: frozenset) -> List[Dict[str, Any]]:
     return out
 
 
+#: keys of one ``metrics`` entry
+_METRIC_KEYS = frozenset({"name", "config", "model"})
+
+
+def _metric_entries(value: Any, models: Dict[str, Any]) -> Tuple[MetricSpec, ...]:
+    """``metrics`` entries: a bare name or ``{name, config, model}``; the config is validated by building the
+    metric, ``model`` must be a key of ``models`` and is required exactly by the metrics that need one."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, (str, dict)) else value
+    if not isinstance(items, (list, tuple)):
+        raise MatrixError(f"metrics: a metric name, a mapping or a list of them, got {value!r}")
+    out = []
+    for i, entry in enumerate(items):
+        where = f"metrics[{i}]"
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict):
+            raise MatrixError(f"{where}: a metric name or a mapping with keys {sorted(_METRIC_KEYS)}, got {entry!r}")
+        extra = sorted(set(entry) - _METRIC_KEYS)
+        if extra:
+            raise MatrixError(f"{where}: unknown keys {extra}; valid: {sorted(_METRIC_KEYS)}")
+        name = entry.get("name")
+        if not isinstance(name, str) or name not in METRICS:
+            raise MatrixError(f"{where}.name: unknown metric {name!r}; known: {METRICS.names()}")
+        config = _fractions(_mapping(entry.get("config"), f"{where}.config"))
+        model = entry.get("model")
+        if METRICS.get(name).needs_model:
+            if not isinstance(model, str) or model not in models:
+                raise MatrixError(f"{where}.model: {name} scores questions with a language model you own; give the "
+                                  f"key of one of models: {sorted(models)}, got {model!r}")
+        elif model is not None:
+            raise MatrixError(f"{where}.model: {name} uses no model, got {model!r}")
+        try:
+            METRICS.create(name, **config)  # validates the config now
+        except (TypeError, ValueError) as exc:
+            raise MatrixError(f"{where}.config: {exc}") from None
+        out.append(MetricSpec(name, config, model))
+    names = [m.name for m in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise MatrixError(f"metrics: {twice} listed more than once (each metric fills one result column)")
+    return tuple(out)
+
+
 #: ``data`` keys the runner itself reads (never passed to a dataset's config)
 RUNNER_DATA_KEYS = ("source", "attacker_clean")
 
@@ -353,8 +406,8 @@ def load_spec(path_or_name: Union[str, os.PathLike]) -> MatrixSpec:
     """Read a YAML spec file, or a spec shipped in the package by name (``"demo"``).
 
     Relative file paths in a spec file (``data.train`` / ``data.test``, ``finetune.pretrain.data``,
-    ``models.*.path``, ``.py`` entries of ``plugins``) are resolved against the spec file's folder, so a
-    spec works from any working directory.
+    ``models.*.path``, ``.py`` entries of ``plugins``, a metric's file config keys such as LPIPS's ``backbone``)
+    are resolved against the spec file's folder, so a spec works from any working directory.
     """
     path = Path(path_or_name)
     if path.is_file():
@@ -387,6 +440,12 @@ def _resolve_paths(spec: Any, base: Path) -> Any:
     finetune = spec.get("finetune")
     if isinstance(finetune, dict) and isinstance(finetune.get("pretrain"), dict) and "data" in finetune["pretrain"]:
         spec["finetune"] = {**finetune, "pretrain": {**finetune["pretrain"], "data": fix(finetune["pretrain"]["data"])}}
+    if isinstance(spec.get("metrics"), list):  # a metric's file-path config keys (``path_keys``)
+        spec["metrics"] = [
+            {**m, "config": {k: fix(v) if k in METRICS.get(m["name"]).path_keys else v for k, v in m["config"].items()}}
+            if isinstance(m, dict) and isinstance(m.get("config"), dict) and isinstance(m.get("name"), str)
+            and m["name"] in METRICS else m
+            for m in spec["metrics"]]
     plugins = spec.get("plugins")
     if plugins is not None:
         items = plugins if isinstance(plugins, list) else [plugins]

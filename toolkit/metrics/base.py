@@ -4,7 +4,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Iterator, Sequence, Tuple
 
-from ..registry import Registry
+from ..registry import Config, Registry, make_config
 
 __all__ = ["Metric", "METRICS", "DEFAULT_METRICS", "aligned_samples"]
 
@@ -20,12 +20,26 @@ class Metric(ABC):
     reference samples) and are computed after fine-tuning; ``"images"`` and
     ``"text"`` metrics take (clean samples, released samples), aligned by id,
     and are computed once per protection (stealth). ``higher_is_better``
-    orients reports. A matrix spec's ``metrics:`` names any of them.
+    orients reports. A matrix spec's ``metrics:`` names any of them, by name or
+    as ``{name: NAME, config: {...}, model: MODEL_KEY}``.
+
+    Options: a metric may declare a frozen ``Config`` dataclass; keyword
+    arguments build it (``self.config``), unknown keys raise ``TypeError``.
+    ``needs_model`` metrics score text with a language model the user owns:
+    the runner passes the loaded model as ``scorer=`` (spec key ``model:``).
+    ``path_keys`` name the config keys that are file paths (a spec file's
+    relative paths are resolved against its folder).
     """
 
     kind: ClassVar[str] = "answers"
     higher_is_better: ClassVar[bool] = True
+    needs_model: ClassVar[bool] = False
+    path_keys: ClassVar[Tuple[str, ...]] = ()
+    Config: ClassVar[type] = Config
     name: ClassVar[str]
+
+    def __init__(self, **config: Any) -> None:
+        self.config = make_config(self.Config, f"metric {getattr(self, 'name', type(self).__name__)!r}", config)
 
     def applies(self, clean: Any, released: Any) -> bool:
         """Whether the metric means anything for this pair of sets (the row gets None otherwise)."""

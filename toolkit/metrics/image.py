@@ -13,7 +13,7 @@ import numpy as np
 from ..data import VQASample
 from .base import METRICS, Metric, aligned_samples
 
-__all__ = ["PSNR", "SSIM", "LInf", "L2", "paired_images"]
+__all__ = ["ImageMetric", "PSNR", "SSIM", "LInf", "L2", "paired_images"]
 
 
 def paired_images(clean: Sequence[VQASample], protected: Sequence[VQASample]):
@@ -24,7 +24,10 @@ def paired_images(clean: Sequence[VQASample], protected: Sequence[VQASample]):
         yield a.image, b.image
 
 
-class _ImageMetric(Metric):
+class ImageMetric(Metric):
+    """Base of the image stealth metrics: the mean of :meth:`pair` over aligned (clean, protected) uint8
+    HxWx3 image pairs; None for a release whose images did not change."""
+
     kind = "images"
 
     def applies(self, clean: Sequence[VQASample], released: Sequence[VQASample]) -> bool:
@@ -32,6 +35,7 @@ class _ImageMetric(Metric):
         return any(not np.array_equal(a.image, b.image) for a, b in zip(clean, released))
 
     def pair(self, a: np.ndarray, b: np.ndarray) -> float:  # pragma: no cover - abstract
+        """The metric of one (clean, protected) uint8 HxWx3 image pair."""
         raise NotImplementedError
 
     def __call__(self, clean: Sequence[VQASample], protected: Sequence[VQASample]) -> float:
@@ -39,7 +43,7 @@ class _ImageMetric(Metric):
 
 
 @METRICS.register("psnr")
-class PSNR(_ImageMetric):
+class PSNR(ImageMetric):
     """Peak signal-to-noise ratio in dB (identical images count as 100 dB)."""
 
     def pair(self, a: np.ndarray, b: np.ndarray) -> float:
@@ -51,7 +55,7 @@ class PSNR(_ImageMetric):
 
 
 @METRICS.register("ssim")
-class SSIM(_ImageMetric):
+class SSIM(ImageMetric):
     """Structural similarity (scikit-image, channel axis last, window shrunk for small images)."""
 
     def pair(self, a: np.ndarray, b: np.ndarray) -> float:
@@ -63,7 +67,7 @@ class SSIM(_ImageMetric):
 
 
 @METRICS.register("linf")
-class LInf(_ImageMetric):
+class LInf(ImageMetric):
     """Largest absolute pixel change, in [0, 1] units (mean over images of the per-image max)."""
 
     higher_is_better = False
@@ -73,7 +77,7 @@ class LInf(_ImageMetric):
 
 
 @METRICS.register("l2")
-class L2(_ImageMetric):
+class L2(ImageMetric):
     """Euclidean norm of the change per image, in [0, 1] units."""
 
     higher_is_better = False

@@ -1,10 +1,14 @@
-"""A word n-gram language model the attacker fits on its own clean questions.
+"""A word n-gram language model fitted on clean questions: a text scorer without pretrained weights.
 
-A scorer for :class:`~toolkit.attacks.trigger_filter.TriggerFilter` when no
-pretrained language model is at hand (random-init tiny victims have no useful
-perplexity). Words are lower-cased ``\\w+`` runs and single punctuation marks;
-probabilities are add-``k`` smoothed over the fitted vocabulary plus one
-unknown-word slot, with sentence start/end markers. ``text_nll`` has the same
+The attacker's scorer for :class:`~toolkit.attacks.trigger_filter.TriggerFilter`
+when no pretrained language model is at hand (random-init tiny victims have no
+useful perplexity), and the owner's for the cross-fitted question perplexity
+(:mod:`toolkit.metrics.perplexity`); it lives here, below both, as a
+:class:`~toolkit.surrogates.capabilities.TextScorer`.
+
+Words are lower-cased ``\\w+`` runs and single punctuation marks; probabilities
+are add-``k`` smoothed over the fitted vocabulary plus one unknown-word slot,
+with sentence start/end markers. ``text_nll`` has the same
 meaning as the LVLM surrogates' method: mean negative log-probability per
 predicted token (nats), so ``exp`` of it is the perplexity.
 """
