@@ -64,3 +64,18 @@ def test_loss_plot_of_the_attackers_training(tmp_path):
     (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps({k: v for k, v in r.items() if k != "train_losses"})
                                                    for r in rows))
     assert "losses-v" not in write_reports(tmp_path)  # rows from before losses were kept: no plot
+
+
+def test_adaptive_robustness_is_the_smallest_drop_under_the_same_countermeasure():
+    from toolkit.reports import adaptive_robustness
+
+    rows = [_row("clean", "none", 0, 0.80), _row("clean", "jpeg", 0, 0.60), _row("clean", "filter", 0, 0.75),
+            _row("d", "none", 0, 0.30), _row("d", "jpeg", 0, 0.50), _row("d", "filter", 0, 0.70),
+            _row("e", "none", 0, 0.70)]
+    recs = aggregate(rows)
+    robust = {a["defense"]: a for a in adaptive_robustness(recs)}
+    assert set(robust) == {"d", "e"}  # the clean rows are the reference, not a defense
+    assert robust["d"]["adaptive_robustness"] == pytest.approx(0.05) and robust["d"]["worst_column"] == "filter"
+    assert robust["e"]["columns"] == 1 and robust["e"]["worst_column"] == "none"
+    table = format_markdown(recs)
+    assert "| d | +5.0 | filter | 3 |" in table and "| e |" not in table.split("Adaptive robustness")[1]

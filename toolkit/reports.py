@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 from .metrics import METRICS
 
-__all__ = ["aggregate", "write_reports", "format_markdown", "read_rows", "sanity_warnings"]
+__all__ = ["aggregate", "write_reports", "format_markdown", "read_rows", "sanity_warnings", "adaptive_robustness"]
 
 
 
@@ -89,6 +89,22 @@ def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return out
 
 
+def adaptive_robustness(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per (victim, defense): the smallest ``drop_same_cm_mean`` over every countermeasure column (``none``
+    included) and the column that gives it, i.e. what the protection still costs an attacker who picks the
+    best countermeasure in the matrix (points in [0, 1] units, like the drops; None when no column has one).
+    Records: :func:`aggregate` output; the clean and zero-shot rows are skipped."""
+    out: List[Dict[str, Any]] = []
+    keys = sorted({(r["victim"], r["defense"]) for r in records if r["defense"] not in ("clean", "zero-shot")})
+    for victim, defense in keys:
+        cols = [(r["drop_same_cm_mean"], r["countermeasure"]) for r in records
+                if r["victim"] == victim and r["defense"] == defense and r.get("drop_same_cm_mean") is not None]
+        worst = min(cols) if cols else (None, None)
+        out.append({"victim": victim, "defense": defense, "adaptive_robustness": worst[0], "worst_column": worst[1],
+                    "columns": len(cols)})
+    return out
+
+
 def sanity_warnings(records: List[Dict[str, Any]], victim: str) -> List[str]:
     """What makes a victim's table unreadable: a clean fine-tune at or near chance (the majority answer's
     share of the test split: drops cannot show), or a test split so small that a few points are noise."""
@@ -135,6 +151,13 @@ def format_markdown(records: List[Dict[str, Any]]) -> str:
                          f"{_fmt(drop, '+.1f')} | {_fmt(same, '+.1f')} | {r['seeds']} | {_fmt(r.get('psnr'), '.1f')} | "
                          f"{_fmt(r.get('ssim'), '.3f')} | {_fmt(r.get('trigger_length'), '.1f')} | "
                          f"{_fmt(r.get('protect_seconds'), '.0f')} |")
+        robust = [a for a in adaptive_robustness(records) if a["victim"] == victim and a["columns"] > 1]
+        if robust:
+            lines += ["", "Adaptive robustness: the smallest drop vs clean under the same countermeasure over "
+                          "every column (what the protection still costs the best-informed attacker here).", "",
+                      "| defense | adaptive robustness (points) | worst column | columns |", "|---|---|---|---|"]
+            lines += [f"| {a['defense']} | {_fmt(None if a['adaptive_robustness'] is None else 100 * a['adaptive_robustness'], '+.1f')} "
+                      f"| {a['worst_column'] or '-'} | {a['columns']} |" for a in robust]
         lines += ["", *(f"**Warning:** {w}." for w in sanity_warnings(records, victim))]
         n = sorted({r["n_test"] for r in records if r["victim"] == victim and r.get("n_test")})
         lines += ["", f"Accuracy: mean ± std over seeds; with one seed, (SE) is the binomial standard error of one "
