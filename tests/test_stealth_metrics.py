@@ -206,7 +206,7 @@ def test_spec_file_resolves_a_relative_backbone(alexnet_file, tmp_path):
 @pytest.mark.parametrize("metrics, message", [
     ([{"name": "psnr", "colour": 1}], r"metrics\[0\]: unknown keys \['colour'\]"),
     ([{"name": "vibes"}], r"metrics\[0\]\.name: unknown metric 'vibes'"),
-    (["psnr", 3], r"metrics\[1\]: a metric name or a mapping"),
+    (["psnr", 3], r"metrics\[1\]: a name or a mapping"),
     ([{"name": "question_perplexity_lm"}], r"metrics\[0\]\.model: .*got None"),
     ([{"name": "question_perplexity_lm", "model": "gpt"}], r"metrics\[0\]\.model: .*'gpt'"),
     ([{"name": "psnr", "model": "v"}], r"metrics\[0\]\.model: psnr uses no model"),

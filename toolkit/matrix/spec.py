@@ -299,19 +299,10 @@ def _metric_entries(value: Any, models: Dict[str, Any]) -> Tuple[MetricSpec, ...
     metric, ``model`` must be a key of ``models`` and is required exactly by the metrics that need one."""
     if value is None:
         return ()
-    items = [value] if isinstance(value, (str, dict)) else value
-    if not isinstance(items, (list, tuple)):
-        raise MatrixError(f"metrics: a metric name, a mapping or a list of them, got {value!r}")
     out = []
-    for i, entry in enumerate(items):
+    for i, entry in enumerate(_entries([value] if isinstance(value, (str, dict)) else value, "metrics",
+                                       _METRIC_KEYS)):
         where = f"metrics[{i}]"
-        if isinstance(entry, str):
-            entry = {"name": entry}
-        if not isinstance(entry, dict):
-            raise MatrixError(f"{where}: a metric name or a mapping with keys {sorted(_METRIC_KEYS)}, got {entry!r}")
-        extra = sorted(set(entry) - _METRIC_KEYS)
-        if extra:
-            raise MatrixError(f"{where}: unknown keys {extra}; valid: {sorted(_METRIC_KEYS)}")
         name = entry.get("name")
         if not isinstance(name, str) or name not in METRICS:
             raise MatrixError(f"{where}.name: unknown metric {name!r}; known: {METRICS.names()}")
