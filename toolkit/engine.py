@@ -74,17 +74,20 @@ def project(delta: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def pgd(objective: Callable[[torch.Tensor], torch.Tensor], delta: torch.Tensor, *, step_size: float,
-        steps: int, project_fn: Callable[[torch.Tensor], torch.Tensor], descend: bool = True) -> torch.Tensor:
+        steps: int, project_fn: Callable[[torch.Tensor], torch.Tensor], descend: bool = True,
+        samples: int = 1) -> torch.Tensor:
     """Projected sign-gradient steps on a perturbation variable (input gradients only).
 
     Args:
         objective: maps the variable to a scalar loss; the caller freezes the
             model's parameters (``Surrogate.frozen``) so no parameter gradient
-            is ever formed.
+            is ever formed. It may be random (expectation over transformations).
         delta: the variable (per-sample (N, 3, H, W) or per-class (C, 3, H, W)).
         step_size: sign-step size in [0, 1] image units.
         project_fn: projection applied after every step (eps-ball and valid pixels).
         descend: True for error-minimising (EMN), False for error-maximising.
+        samples: calls of ``objective`` per step; the step follows the sign of their mean gradient
+            (each call is differentiated on its own, so memory stays that of one call).
 
     Returns:
         The new variable, projected and detached.
@@ -94,6 +97,10 @@ def pgd(objective: Callable[[torch.Tensor], torch.Tensor], delta: torch.Tensor, 
     for _ in range(int(steps)):
         d = delta.clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(objective(d), d)
+        for _ in range(int(samples) - 1):
+            grad = grad + torch.autograd.grad(objective(d), d)[0]
+        if samples > 1:
+            grad = grad / samples
         delta = project_fn(delta + sign * step_size * grad.sign()).detach()
     return delta
 

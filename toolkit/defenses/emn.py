@@ -45,7 +45,8 @@ class EMN(MinMinDefense):
     per round, ``step_size``, ``pgd_fraction`` (share of samples updated per round),
     ``batch_size``, ``pgd_batch_size``, ``lr``, ``train_mode``, ``lora_rank``, ``init``,
     ``stop_accuracy``, ``stop_clean_accuracy``, ``stop_loss``, ``eval_size``,
-    ``restart_every``, ``restart_init``.
+    ``restart_every``, ``restart_init``; against purification ``eot``, ``eot_samples`` and ``low_frequency``
+    (see :mod:`toolkit.pixel_transforms` and docs/COMPONENTS.md).
     """
 
     Config = MinMinConfig

@@ -4,8 +4,8 @@ min_theta min_{||delta_u|| <= rho_u} max_{||delta_a|| <= rho_a} L(f(x + delta_u 
 rho_a < rho_u (8/255 vs 4/255). The inner maximisation makes the noise survive
 adversarial training: the surrogate is trained on adversarial examples of the
 protected data and the noise is optimised to stay error-minimising even after
-an adversary's step. The paper's expectation over augmentations (EOT) is left
-out here: pass an augmentation countermeasure to the evaluation instead.
+an adversary's step. The paper's expectation over augmentations (EOT) is the
+``eot`` option every min-min defense has (see :mod:`toolkit.pixel_transforms`).
 """
 from __future__ import annotations
 

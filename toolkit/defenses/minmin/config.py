@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple, Union
+from typing import Any, Dict, Tuple, Union
 
+from ...pixel_transforms import check_eot
 from ...registry import check_choice, check_range
 from ..base import DefenseConfig
 
@@ -30,6 +31,12 @@ class MinMinConfig(DefenseConfig):
         init: "zeros" or "uniform" (U(-eps, eps)) start of delta.
         stop_accuracy, stop_clean_accuracy, stop_loss, eval_size: stopping rule (see EMN).
         restart_every, restart_init: periodic surrogate restarts ("same" weights or "random" init).
+        eot: expectation over transformations for the PGD image step: a list of pixel transforms
+            ``{name: ..., <params>}`` (see :mod:`toolkit.pixel_transforms`: ``identity``, ``jpeg``,
+            ``gaussian_blur``, ``resize``, ``crop``); empty (the default) = plain PGD.
+        eot_samples: transforms drawn per PGD step; the step follows the mean gradient over them (1).
+        low_frequency: k > 0 keeps only the k x k lowest 2-D DCT frequencies of every delta (per channel, whole
+            image) after every PGD step, before the L_inf / valid-pixel clipping; 0 (default) = off.
     """
 
     granularity: str = "sample"
@@ -53,6 +60,9 @@ class MinMinConfig(DefenseConfig):
     eval_size: int = 256
     restart_every: int = 0
     restart_init: str = "same"
+    eot: Tuple[Dict[str, Any], ...] = ()
+    eot_samples: int = 1
+    low_frequency: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -85,6 +95,14 @@ class MinMinConfig(DefenseConfig):
         check_range("eval_size", self.eval_size, 1, 1 << 30)
         check_range("restart_every", self.restart_every, 0, 1 << 30)
         check_choice("restart_init", self.restart_init, {"same", "random"})
+        object.__setattr__(self, "eot", check_eot("eot", self.eot))
+        if not isinstance(self.eot_samples, int) or isinstance(self.eot_samples, bool):
+            raise ValueError(f"eot_samples must be an integer, got {self.eot_samples!r}")
+        check_range("eot_samples", self.eot_samples, 1, 1024)
+        if not isinstance(self.low_frequency, int) or isinstance(self.low_frequency, bool):
+            raise ValueError(f"low_frequency must be an integer (DCT coefficients kept per side), "
+                             f"got {self.low_frequency!r}")
+        check_range("low_frequency", self.low_frequency, 0, 1 << 16)
         if self.restart_init == "random" and self.train_mode != "full":
             raise ValueError("restart_init='random' needs train_mode='full' (a from-scratch surrogate)")
 

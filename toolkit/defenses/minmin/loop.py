@@ -21,6 +21,13 @@ read it from the defense object, so one defense object can run several protectio
 
 Randomness: every random choice (batches, restarts, LoRA init, dropout) is
 drawn from the config's seed; the global RNG is forked, never reseeded.
+
+Robustness to purification (options of every min-min defense, see :mod:`toolkit.pixel_transforms`):
+``eot`` runs each PGD step on the mean gradient over ``eot_samples`` random transforms T of the
+protected image (:meth:`MinMinDefense.eot_objective`, which hands the hook ``objective`` the pair
+(T(x), T(x + delta) - T(x)), so every subclass sees the transformed pixels without changing its
+signature); ``low_frequency`` keeps delta in the lowest k x k DCT frequencies after every step
+(:meth:`MinMinDefense.project_step`).
 """
 from __future__ import annotations
 
@@ -34,6 +41,7 @@ from tqdm.auto import tqdm
 from ...checkpoint import RunCheckpoint, fingerprint
 from ...data import VQASample
 from ...engine import TrainState, adapted, gather, make_generator, pgd, project, shape_batches, train_step
+from ...pixel_transforms import EOT, low_pass
 from ...surrogates.base import LoraSettings
 from ...surrogates.ensemble import Ensemble, weighted_members
 from ..base import Defense, Proposal
@@ -80,6 +88,7 @@ class MinMinDefense(Defense):
         super().__init__(**config)
         if self.config.train_mode == "lora" and "lora" not in self.requires:  # the inner adaptation attaches LoRA
             self.requires = tuple(self.requires) + ("lora",)
+        self.eot = EOT(self.config.eot)  # built from the config: no run state
 
     # ------------------------------------------------------------------ hooks
     def setup(self, run: MinMinRun) -> None:
@@ -119,6 +128,11 @@ class MinMinDefense(Defense):
         gen = make_generator(cfg.seed)
         labels, num_classes = answer_classes(list(dataset), cfg.answer_clusters, surrogates, gen)
         pert = Perturbation(list(dataset), labels, num_classes, cfg.granularity, cfg.eps, cfg.init, gen)
+        if cfg.low_frequency and cfg.init != "zeros":  # a random start is band-limited too
+            if pert.classwise:
+                pert.delta = low_pass(pert.delta, cfg.low_frequency).clamp(-cfg.eps, cfg.eps)
+            else:
+                pert.delta = [project(low_pass(d, cfg.low_frequency), x, cfg.eps) for d, x in zip(pert.delta, pert.x)]
         run = MinMinRun(list(surrogates), pert, gen)
         self.setup(run)
         return run
@@ -143,24 +157,56 @@ class MinMinDefense(Defense):
             return LoraSettings(rank=r, alpha=2 * r, dropout=cfg.lora_dropout)
         return [[one(m) for m in s.members] if isinstance(s, Ensemble) else one(s) for s in surrogates]
 
+    def eot_objective(self, run: MinMinRun, x: torch.Tensor, d: torch.Tensor, samples: Sequence[VQASample],
+                      idx: torch.Tensor) -> torch.Tensor:
+        """:meth:`objective` under one random draw T of the ``eot`` set (plain :meth:`objective` without one).
+
+        The hook receives (x', d') = (T(x), T(clip(x + d)) - T(x)), both (B, 3, H, W), so that x' + d' is the
+        transformed protected image T(x + d) whatever the subclass builds from the pair, T(x) is the clean
+        image under the same T (MMGuard-CRS's clean pass) and d' is the perturbation as it survives T, in the
+        transformed frame (TUE's separability term, MMGuard-BPH's perturbation tokens). Gradients reach ``d``
+        through T (the identity for JPEG's straight-through codec). An identity draw calls the hook with
+        (x, d) itself, and a set that cannot vary draws no random number, so ``eot: [{name: identity}]``
+        reproduces plain PGD bit for bit.
+        """
+        view = self.eot.draw(run.gen)
+        if view is None:
+            return self.objective(run, x, d, samples, idx)
+        with torch.no_grad():
+            tx = view(x)
+        return self.objective(run, tx, view((x + d).clamp(0, 1)) - tx, samples, idx)
+
+    def project_step(self, d: torch.Tensor, x: Optional[torch.Tensor]) -> torch.Tensor:
+        """The projection after each PGD step: low-pass to the ``low_frequency`` band (if set), then clip to the
+        L_inf ball and, for per-sample deltas (``x`` given, (B, 3, H, W)), to valid pixels. The clipping comes
+        last so the budget always holds; it can put back a little high frequency where the low-passed delta
+        exceeds eps or leaves [0, 1] (far less than a sign step adds)."""
+        cfg = self.config
+        if cfg.low_frequency:
+            d = low_pass(d, cfg.low_frequency)
+        return d.clamp(-cfg.eps, cfg.eps) if x is None else project(d, x, cfg.eps)
+
     def image_step(self, run: MinMinRun) -> None:
-        """PGD descent on the deltas of a random ``pgd_fraction`` of the samples."""
+        """PGD descent on the deltas of a random ``pgd_fraction`` of the samples (with ``eot``: on the mean
+        gradient over ``eot_samples`` transforms per step, see :meth:`eot_objective`)."""
         cfg, pert, gen = self.config, run.pert, run.gen
         n = len(pert)
         if not cfg.pgd_steps:
             return
+        draws = cfg.eot_samples if self.eot else 1
         pgd_idx = torch.randperm(n, generator=gen)[:max(1, int(round(cfg.pgd_fraction * n)))]
         for idx in shape_batches(pert.shapes, cfg.pgd_batch_size, indices=pgd_idx):
             samples, _ = pert.batch_samples(idx)
             samples = self.step_samples(run, samples)
             xb, labels = gather(pert.x, idx), pert.labels[idx]
             if pert.classwise:
-                pert.delta = pgd(lambda d: self.objective(run, xb, d[labels], samples, idx), pert.delta,
-                                 step_size=cfg.step_size, steps=cfg.pgd_steps,
-                                 project_fn=lambda d: d.clamp(-cfg.eps, cfg.eps))
+                pert.delta = pgd(lambda d: self.eot_objective(run, xb, d[labels], samples, idx), pert.delta,
+                                 step_size=cfg.step_size, steps=cfg.pgd_steps, samples=draws,
+                                 project_fn=lambda d: self.project_step(d, None))
             else:
-                new = pgd(lambda d: self.objective(run, xb, d, samples, idx), gather(pert.delta, idx),
-                          step_size=cfg.step_size, steps=cfg.pgd_steps, project_fn=lambda d: project(d, xb, cfg.eps))
+                new = pgd(lambda d: self.eot_objective(run, xb, d, samples, idx), gather(pert.delta, idx),
+                          step_size=cfg.step_size, steps=cfg.pgd_steps, samples=draws,
+                          project_fn=lambda d: self.project_step(d, xb))
                 for j, i in enumerate(idx.tolist()):
                     pert.delta[i] = new[j]
 
