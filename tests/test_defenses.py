@@ -21,6 +21,8 @@ for _variant in ("image", "text", "multimodal", "bph", "crs", "bph_max", "crs_ma
     FAST[f"mmguard_{_variant}"] = {"rounds": 2, "train_steps": 1, "pgd_steps": 2, "batch_size": 8,
                                    "pgd_batch_size": 8, "eval_size": 8, "max_trigger_tokens": 2,
                                    "trigger_candidates": 3}
+for _variant in ("bph", "crs"):  # one question in digits: the defender's own filter would pass no word
+    FAST[f"mmguard_{_variant}_fluent"] = {**FAST[f"mmguard_{_variant}"], "filter_aware": False}
 
 
 def test_every_registered_defense_has_fast_settings():

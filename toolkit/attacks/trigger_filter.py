@@ -5,7 +5,9 @@ the language model's log-perplexity of the question: f(w) = nll(q) - nll(q witho
 Inserted trigger words are unnatural, so removing them lowers perplexity a lot.
 The threshold is fitted on clean questions the attacker owns: the
 ``quantile`` of f over all clean words (at least 0), so at most that share of
-clean words would be dropped. Any scorer with ``text_nll(texts) -> (N,)`` works; the victim's own
+clean words would be dropped. The suspicion and the threshold are
+:func:`toolkit.triggers.word_suspicion` and :func:`toolkit.triggers.suspicion_threshold`, the same test a
+filter-aware defense runs on its own questions. Any scorer with ``text_nll(texts) -> (N,)`` works; the victim's own
 language model can serve (:meth:`HFVisionLanguageSurrogate.text_nll`).
 """
 from __future__ import annotations
@@ -13,10 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
-
 from ..data import VQADataset
 from ..registry import Config, check_range
+from ..triggers import suspicion_threshold, word_suspicion
 from .base import COUNTERMEASURES, Transform
 from ..surrogates.ngram import NgramLM
 
@@ -52,12 +53,7 @@ class TriggerFilter(Transform):
 
     def suspicion(self, question: str) -> List[float]:
         """f(w) for every whitespace-separated word of ``question`` (log-perplexity drop)."""
-        words = question.split()
-        if len(words) < 2:
-            return [0.0] * len(words)
-        variants = [question] + [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))]
-        nll = self.scorer.text_nll(variants).numpy()
-        return (nll[0] - nll[1:]).tolist()
+        return word_suspicion(self.scorer, question)
 
     @classmethod
     def check_fit(cls, fit, models, defenses) -> None:
@@ -82,11 +78,8 @@ class TriggerFilter(Transform):
         """Set the LM scorer and fit the threshold on the attacker's clean questions."""
         self.scorer = scorer
         if not self.config.threshold:
-            scores = [f for q in clean_questions for f in self.suspicion(q)]
-            if not scores:
-                raise ValueError("trigger_filter: need clean questions with at least two words to fit")
-            # never below 0: a word is only dropped when removing it lowers the perplexity
-            self.fitted_threshold = max(0.0, float(np.quantile(scores, self.config.quantile)))
+            self.fitted_threshold = suspicion_threshold(scorer, clean_questions, self.config.quantile,
+                                                        who="trigger_filter")
         return self
 
     def filter(self, question: str) -> str:

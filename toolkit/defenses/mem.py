@@ -21,16 +21,16 @@ from typing import Any, List
 import torch
 
 from ..registry import check_choice, check_range
-from ..triggers import check_trigger_position
 from .base import DEFENSES
 from ..surrogates.ensemble import weighted_members
-from .minmin import MinMinConfig, MinMinDefense, MinMinRun
+from .minmin import MinMinDefense, MinMinRun
+from .minmin.fluency import FluencyConfig, FluentTriggers, check_search_position
 
 __all__ = ["MEM"]
 
 
 @DEFENSES.register("mem")
-class MEM(MinMinDefense):
+class MEM(FluentTriggers, MinMinDefense):
     """Image noise + per-sample inserted trigger (see the module docstring).
 
     Extra config: ``max_trigger_tokens`` (k, 5), ``trigger_candidates`` (16),
@@ -38,13 +38,16 @@ class MEM(MinMinDefense):
     ``trigger_fraction`` (share of samples searched per round, 1.0),
     ``trigger_position`` ("start"), ``shuffle_captions`` ("auto" = only for CLIP
     surrogates, "always", "never"), ``single_token_words`` (True: every trigger word stays one token of
-    every surrogate in place, so k words are k tokens; False: words only, as earlier versions).
+    every surrogate in place, so k words are k tokens; False: words only, as earlier versions), and the
+    fluency-aware search's options (:class:`~.minmin.fluency.FluencyConfig`: ``lambda_flu``, ``fluency_scorer``,
+    ``filter_aware``, ``filter_quantile``, ``trigger_vocabulary``, ``no_repeated_words``, ``leakage_guard``,
+    ``trigger_position="natural"``; off by default).
     """
 
     requires = ("image_grad", "trainable", "text", "token_grad")
 
     @dataclass(frozen=True, kw_only=True)
-    class Config(MinMinConfig):
+    class Config(FluencyConfig):
         max_trigger_tokens: int = 5
         trigger_candidates: int = 16
         trigger_rounds: int = 5
@@ -61,13 +64,13 @@ class MEM(MinMinDefense):
             check_range("trigger_candidates", self.trigger_candidates, 1, 1 << 16)
             check_range("trigger_rounds", self.trigger_rounds, 0, 1 << 20)
             check_range("trigger_fraction", self.trigger_fraction, 0, 1, low_open=True)
-            check_trigger_position(self.trigger_position)
+            check_search_position(self.trigger_position)
             check_choice("shuffle_captions", self.shuffle_captions, {"auto", "always", "never"})
 
     def setup(self, run: MinMinRun) -> None:
-        """Start every sample with ``max_trigger_tokens`` random admissible words of the first surrogate."""
-        run.pert.random_triggers(run.weighted[0][0], self.config.max_trigger_tokens, self.config.trigger_position,
-                                 run.gen, check=run.surrogates if self.config.single_token_words else None)
+        """Start every sample with ``max_trigger_tokens`` random admissible words of the first surrogate (under the
+        fluency options: :meth:`~.minmin.fluency.TriggerRules.start`)."""
+        self.start_triggers(run)
 
     def _shuffles(self, surrogates) -> bool:
         mode = self.config.shuffle_captions

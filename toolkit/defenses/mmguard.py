@@ -38,7 +38,10 @@ from random inits): every knob of :class:`~toolkit.defenses.minmin.MinMinConfig`
 
 Variants (registered names): ``mmguard_image`` (delta only, l_train),
 ``mmguard_text`` (trigger only), ``mmguard_multimodal`` (both, no binding),
-``mmguard_bph``, ``mmguard_crs``, ``mmguard_bph_max``, ``mmguard_crs_max``.
+``mmguard_bph``, ``mmguard_crs``, ``mmguard_bph_max``, ``mmguard_crs_max``, and the fluent
+``mmguard_bph_fluent`` / ``mmguard_crs_fluent`` (BPH / CRS with the fluency-aware trigger search on by
+default, :class:`MMGuardFluentConfig`; every variant takes the options of
+:mod:`toolkit.defenses.minmin.fluency`).
 Threat model: white-box on the surrogates; gray/black-box transfer through
 ensembles of other sizes / families.
 """
@@ -53,11 +56,11 @@ from ..attention import align_unpadded_to_protected, attention_rows, kl_divergen
 from ..engine import gather
 from ..registry import check_choice, check_range
 from ..surrogates.processing import region_means
-from ..triggers import check_trigger_position
 from .base import DEFENSES
-from .minmin import MinMinConfig, MinMinDefense, MinMinRun
+from .minmin import MinMinDefense, MinMinRun
+from .minmin.fluency import FluencyConfig, FluentTriggers, check_search_position
 
-__all__ = ["MMGuard", "MMGUARD_VARIANTS", "binding_loss_terms"]
+__all__ = ["MMGuard", "MMGUARD_VARIANTS", "MMGuardConfig", "MMGuardFluentConfig", "binding_loss_terms"]
 
 #: variant -> (uses image delta, uses trigger, binding loss, sign of the training term)
 MMGUARD_VARIANTS = {
@@ -72,13 +75,13 @@ MMGUARD_VARIANTS = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class MMGuardConfig(MinMinConfig):
+class MMGuardConfig(FluencyConfig):
     """MMGuard settings (the paper's values where it fixes one, one point of its grids otherwise; see the
     module docstring).
 
     Attributes:
         max_trigger_tokens: eps_t (5). trigger_candidates: HotFlip top-K per slot (64).
-        trigger_position: "start" (ours), "end" or a word index.
+        trigger_position: "start" (ours), "end", a word index or "natural" (per sample, searched).
         tau_delta: share of image tokens that are perturbation tokens (0.1, ours).
         attention_layers: |K|, first LM layers whose attention enters l_mass (1).
         lambda_train (1.0), lambda_bind (2.0), bph_weights (b1, b2, b3) = (1, 1, 1).
@@ -95,6 +98,9 @@ class MMGuardConfig(MinMinConfig):
             (None = the variant's own choice), e.g. BPH without trigger (``text_trigger=False``: the
             trigger terms of l_bind vanish) or without perturbation (``image_perturbation=False``: no
             PGD and no Omega_delta terms), the paper's component ablations.
+        lambda_flu, fluency_scorer, filter_aware, filter_quantile, trigger_vocabulary, no_repeated_words,
+            leakage_guard: the fluency-aware trigger search (:class:`~.minmin.fluency.FluencyConfig`; off by
+            default).
     """
 
     max_trigger_tokens: int = 5
@@ -133,7 +139,7 @@ class MMGuardConfig(MinMinConfig):
                 raise ValueError(f"{name} must be true, false or null (the variant's choice), got {getattr(self, name)!r}")
         check_range("max_trigger_tokens", self.max_trigger_tokens, 1, 64)
         check_range("trigger_candidates", self.trigger_candidates, 1, 1 << 16)
-        check_trigger_position(self.trigger_position)
+        check_search_position(self.trigger_position)
         check_range("trigger_every", self.trigger_every, 1, 1 << 20)
         check_range("tau_delta", self.tau_delta, 0, 1, low_open=True)
         check_range("attention_layers", self.attention_layers, 1, 1024)
@@ -153,7 +159,24 @@ def binding_loss_terms(attentions, answer: torch.Tensor, trigger: torch.Tensor, 
             + b3 * mass_loss(attentions, answer, perturbation))
 
 
-class MMGuard(MinMinDefense):
+@dataclass(frozen=True, kw_only=True)
+class MMGuardFluentConfig(MMGuardConfig):
+    """The fluent variants' defaults (ours, issue 15): every fluency option on. lambda_flu = 1 weighs one nat
+    per token of defender-LM NLL like one nat of the per-sample loss; the scorer is the n-gram LM of the
+    clean questions (the attacker's default scorer, fitted on the owner's data); the defender's filter
+    threshold is the 0.95 quantile of the clean words' suspicion (the attacker's default is 0.99); triggers
+    go anywhere in the question (natural), draw from the admissible tokens and the questions' own words
+    (both), repeat nothing and leak no answer or chat-template fragment."""
+
+    lambda_flu: float = 1.0
+    filter_aware: bool = True
+    trigger_position: Any = "natural"
+    trigger_vocabulary: str = "both"
+    no_repeated_words: bool = True
+    leakage_guard: bool = True
+
+
+class MMGuard(FluentTriggers, MinMinDefense):
     """MMGuard with a fixed ``variant`` (one registered subclass per variant; see the module docstring)."""
 
     Config = MMGuardConfig
@@ -180,9 +203,7 @@ class MMGuard(MinMinDefense):
     def setup(self, run: MinMinRun) -> None:
         """Random admissible start triggers (trigger variants); no trigger otherwise."""
         if self.uses_trigger:
-            run.pert.random_triggers(run.weighted[0][0], self.config.max_trigger_tokens,
-                                     self.config.trigger_position, run.gen,
-                                     check=run.surrogates if self.config.single_token_words else None)
+            self.start_triggers(run)
 
     def text_step(self, run: MinMinRun) -> None:
         """One HotFlip pass over every sample's trigger every ``trigger_every`` rounds, on l_joint."""
@@ -301,11 +322,17 @@ class MMGuard(MinMinDefense):
         return loss + cfg.lambda_bind * bind, res
 
 
-def _register(variant: str) -> type:
-    cls = type(f"MMGuard_{variant}", (MMGuard,), {"variant": variant, "__doc__":
-               f"MMGuard, variant {variant!r} (see :mod:`toolkit.defenses.mmguard`)."})
-    return DEFENSES.register(f"mmguard_{variant}")(cls)
+def _register(variant: str, fluent: bool = False) -> type:
+    suffix = "_fluent" if fluent else ""
+    attrs = {"variant": variant, "__doc__": f"MMGuard, variant {variant!r}{' with the fluent trigger search' if fluent else ''}"
+                                            f" (see :mod:`toolkit.defenses.mmguard`)."}
+    if fluent:
+        attrs["Config"] = MMGuardFluentConfig
+    cls = type(f"MMGuard_{variant}{suffix}", (MMGuard,), attrs)
+    return DEFENSES.register(f"mmguard_{variant}{suffix}")(cls)
 
 
 for _v in MMGUARD_VARIANTS:
     _register(_v)
+for _v in ("bph", "crs"):
+    _register(_v, fluent=True)

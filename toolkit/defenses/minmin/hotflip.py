@@ -6,6 +6,14 @@ change of the loss, :func:`~toolkit.triggers.hotflip_scores`), keeps the top
 ``candidates`` words per surrogate. Verify: the exact loss of every candidate
 question (re-tokenised), batched; a slot changes only if its best candidate
 beats the current word, so a pass never raises the (weighted) loss.
+
+Fluency rules (``pert.rules``, :class:`~.fluency.TriggerRules`; None = the plain search above, bit for
+bit): each vocabulary part gets its own top-K in the screen; candidates that repeat words are not verified;
+with natural insertion slot 0 also verifies the current trigger moved to every other word boundary; the
+verified value of a candidate is sign * loss + lambda_flu * (NLL(candidate question) - NLL(clean question))
+under the defender's LM, added once per sample (not per surrogate), so a candidate wins only if loss plus
+fluency improves; under ``filter_aware`` the best improving candidate that passes the defender's ONION test
+wins (checked best first, so the filter runs only on the few that would win).
 """
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ import torch
 
 from ...engine import shape_batches
 from ...surrogates.ensemble import weighted_members
-from ...triggers import hotflip_scores, insert_trigger
+from ...triggers import hotflip_scores, insert_trigger, trigger_position_of
 from .state import Perturbation
 
 __all__ = ["trigger_pass", "answer_loss", "TriggerLoss"]
@@ -51,13 +59,19 @@ def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor
 
     Returns:
         ``changed`` (slots changed), ``loss_before`` and ``loss_after`` (mean per slot visit),
-        ``rejected`` (candidates dropped because they split into several tokens in place).
+        ``rejected`` (candidates dropped because they split into several tokens in place); the losses are
+        the surrogate loss alone (no fluency term).
     """
     loss_fn = loss_fn or answer_loss
     weighted = weighted_members(surrogates)
     for s, _ in weighted:
         s.require("token_grad", "text", who=who)
-    vocabs = [s.trigger_vocabulary().without(pert.banned_words) for s, _ in weighted]
+    rules = pert.rules
+    if rules is None:
+        vocabs = [[s.trigger_vocabulary().without(pert.banned_words)] for s, _ in weighted]
+    else:
+        rules.refresh()
+        vocabs = [rules.vocabularies(s) for s, _ in weighted]
     sign = 1.0 if descend else -1.0
     changed, before, after, rejected = 0, [], [], 0
     for idx in shape_batches(pert.shapes, batch_size, indices=indices):
@@ -72,11 +86,11 @@ def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor
             questions = [pert.question(i) for i in rows]
             samples = [pert.samples[i].with_(question=q) for i, (q, _) in zip(rows, questions)]
             full_spans = [span for _, span in questions]
-            word_spans = [insert_trigger(pert.samples[i].question, pert.triggers[i], pert.position)[2][slot]
+            word_spans = [insert_trigger(pert.samples[i].question, pert.triggers[i], pert.position_of(i))[2][slot]
                           for i in rows]
             proposals: List[set] = [set() for _ in rows]
             current_loss = torch.zeros(len(rows))
-            for (s, weight), vocab in zip(weighted, vocabs):
+            for (s, weight), parts in zip(weighted, vocabs):
                 loss, res = loss_fn(s, px, samples, full_spans, True, rows)
                 (sign * loss.sum()).backward()
                 current_loss += weight * loss.detach().float().cpu()
@@ -84,43 +98,75 @@ def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor
                 mask = s.trigger_token_mask(tuple(px.shape[-2:]), samples, word_spans)
                 g = torch.stack([grad[r][mask[r]].mean(0) for r in range(len(rows))])
                 e = torch.stack([emb[r][mask[r]].mean(0) for r in range(len(rows))])
-                scores = hotflip_scores(g, e, s.embedding_matrix().detach(), vocab)
-                top = scores.topk(min(candidates, len(vocab)), dim=1, largest=False).indices.cpu()
-                for r in range(len(rows)):
-                    proposals[r].update(vocab.words[k] for k in top[r].tolist())
-            # exact verification, batched over (sample, candidate) pairs
-            jobs = []
+                for vocab in parts:
+                    scores = hotflip_scores(g, e, s.embedding_matrix().detach(), vocab)
+                    top = scores.topk(min(candidates, len(vocab)), dim=1, largest=False).indices.cpu()
+                    for r in range(len(rows)):
+                        proposals[r].update(vocab.words[k] for k in top[r].tolist())
+            # exact verification, batched over (sample, candidate) pairs; a job is (row, item, words, position)
+            jobs, moves = [], []
             for r, i in enumerate(rows):
                 for w in sorted(proposals[r] - {pert.triggers[i][slot]}):
                     words = list(pert.triggers[i])
                     words[slot] = w
-                    jobs.append((r, i, words))
+                    if rules is None or rules.allowed(i, words):
+                        jobs.append((r, i, words, pert.position_of(i)))
+                if rules is not None and rules.natural and slot == 0:  # the whole trigger at another boundary
+                    moves += [(r, i, list(pert.triggers[i]), p)
+                              for p in rules.boundaries(pert.samples[i].question, pert.triggers[i])
+                              if p != pert.position_of(i)]
             if single_token and jobs:
-                keep = pert.single_token_words(surrogates, [i for _, i, _ in jobs], [w for _, _, w in jobs], slot)
+                keep = pert.single_token_words(surrogates, [i for _, i, _, _ in jobs], [w for _, _, w, _ in jobs],
+                                               slot, positions=[p for _, _, _, p in jobs])
                 rejected += len(jobs) - sum(keep)
                 jobs = [job for job, good in zip(jobs, keep) if good]
-            best = {r: (sign * float(current_loss[r]), None) for r in range(len(rows))}  # signed, lower wins
+            if single_token and moves:
+                keep = pert.single_token_words(surrogates, [i for _, i, _, _ in moves], [w for _, _, w, _ in moves],
+                                               positions=[p for _, _, _, p in moves])
+                moves = [job for job, good in zip(moves, keep) if good]
+            jobs += moves
+            # signed value (lower wins), job, surrogate loss
+            current_pen = [0.0] * len(rows) if rules is None else rules.penalty(rows, [q for q, _ in questions])
+            best = {r: (sign * float(current_loss[r]) + current_pen[r], None, float(current_loss[r]))
+                    for r in range(len(rows))}
+            deferred: Dict[int, list] = {}  # filter_aware: every improving candidate, checked best first below
             with torch.no_grad():
                 for start in range(0, len(jobs), batch_size):
                     chunk = jobs[start:start + batch_size]
-                    cand_px = px[torch.tensor([r for r, _, _ in chunk])]
+                    cand_px = px[torch.tensor([r for r, _, _, _ in chunk])]
                     cand_samples, cand_spans = [], []
-                    for r, i, words in chunk:
-                        text, span = pert.question(i, words)
+                    for r, i, words, where in chunk:
+                        text, span = pert.question(i, words, where)
                         cand_samples.append(pert.samples[i].with_(question=text))
                         cand_spans.append(span)
-                    items = [i for _, i, _ in chunk]
+                    items = [i for _, i, _, _ in chunk]
                     total = sum(w * loss_fn(s, cand_px, cand_samples, cand_spans, False, items)[0].float().cpu()
                                 for s, w in weighted)
-                    for (r, i, words), value in zip(chunk, (sign * total).tolist()):
-                        if value < best[r][0] - 1e-7:
-                            best[r] = (value, words)
+                    pen = [0.0] * len(chunk) if rules is None else \
+                        rules.penalty(items, [c.question for c in cand_samples])
+                    for k, (job, value, loss) in enumerate(zip(chunk, (sign * total).tolist(), total.tolist())):
+                        value = value + pen[k]
+                        r = job[0]
+                        if rules is not None and rules.filter_aware:
+                            if value < best[r][0] - 1e-7:
+                                deferred.setdefault(r, []).append((value, start + k, job, loss, cand_spans[k],
+                                                                   cand_samples[k].question))
+                        elif value < best[r][0] - 1e-7:
+                            best[r] = (value, job, loss)
+            for r, options in deferred.items():
+                for value, _, job, loss, span, text in sorted(options, key=lambda o: (o[0], o[1])):
+                    if rules.passes(text, span):
+                        best[r] = (value, job, loss)
+                        break
             for r, i in enumerate(rows):
                 before.append(float(current_loss[r]))
-                value, words = best[r]
-                if words is not None:
-                    pert.triggers[i] = words
+                _, job, loss = best[r]
+                if job is not None:
+                    pert.triggers[i] = job[2]
+                    if pert.positions is not None:  # canonical, so the release reads the same position back
+                        text, _ = pert.question(i, job[2], job[3])
+                        pert.positions[i] = trigger_position_of(pert.samples[i].question, text, job[2])
                     changed += 1
-                after.append(sign * value)
+                after.append(loss)
     return {"changed": changed, "loss_before": sum(before) / max(1, len(before)),
             "loss_after": sum(after) / max(1, len(after)), "rejected": rejected}

@@ -32,8 +32,12 @@ class Perturbation:
         labels: class of every sample (N,) long (answers or answer clusters).
         delta: per-sample list of (3, H, W), or a (C, 3, H, W) tensor for class-wise noise.
         triggers: per-sample word lists (None when the defense has no trigger).
-        position: where triggers are inserted ("start", "end" or a word index).
+        position: where triggers are inserted ("start", "end" or a word index), or "natural" when every sample
+            has its own word index in ``positions``.
+        positions: per-sample word indices (natural insertion, :meth:`position_of`), or None (``position``).
         banned_words: words no trigger may contain (the answers' words).
+        rules: the fluency-aware search's settings and scorer (:class:`~.fluency.TriggerRules`), or None for
+            the plain search (no scorer, no filter, admissible vocabulary, one position).
     """
 
     def __init__(self, samples: Sequence[VQASample], labels: torch.Tensor, num_classes: int, granularity: str,
@@ -55,11 +59,17 @@ class Perturbation:
             self.delta = [(torch.rand(t.shape, generator=gen) * 2 - 1) * eps for t in self.x]
         self.triggers: Optional[List[List[str]]] = None
         self.position: Any = "start"
+        self.positions: Optional[List[int]] = None
+        self.rules: Any = None
         #: words a trigger may not use: every word of every answer (a trigger must not carry a label)
         self.banned_words = set().union(*(words_of(s.answer) for s in self.samples))
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def position_of(self, i: int) -> Any:
+        """Where item ``i``'s trigger is inserted: its own word index (natural insertion) or ``position``."""
+        return self.positions[i] if self.positions is not None else self.position
 
     def random_triggers(self, surrogate, length: int, position: Any, gen: torch.Generator,
                         check: Optional[Sequence] = None, attempts: int = 50) -> None:
@@ -84,14 +94,16 @@ class Perturbation:
                          f"{attempts} draws (the surrogates' tokenizers split too many admissible words here)")
 
     def single_token_words(self, surrogates: Sequence, rows: Sequence[int], word_lists: Sequence[Sequence[str]],
-                           slot: Optional[int] = None) -> List[bool]:
+                           slot: Optional[int] = None, positions: Optional[Sequence[Any]] = None) -> List[bool]:
         """Whether each (dataset item, words) keeps every inserted word (or only word ``slot``) as exactly one
         token of every surrogate once inserted into the item's question: the paper's token budget counts
         tokens, and a word split in context (e.g. at the start of a turn, with no leading space) would
-        spend more than one. Tokenisation only, no forward pass."""
+        spend more than one. ``positions``: where each word list goes (default: the item's own
+        :meth:`position_of`). Tokenisation only, no forward pass."""
         samples, spans, owner = [], [], []
         for r, (i, words) in enumerate(zip(rows, word_lists)):
-            text, _, word_spans = insert_trigger(self.samples[i].question, list(words), self.position)
+            where = self.position_of(i) if positions is None else positions[r]
+            text, _, word_spans = insert_trigger(self.samples[i].question, list(words), where)
             chosen = word_spans if slot is None else [word_spans[slot]]
             for span in chosen:
                 samples.append(self.samples[i].with_(question=text))
@@ -120,10 +132,13 @@ class Perturbation:
         """Protected pixels (B, 3, H, W) of the items ``idx``."""
         return (gather(self.x, idx) + self.deltas(idx)).clamp(0, 1)
 
-    def question(self, i: int, words: Optional[Sequence[str]] = None) -> Tuple[str, Optional[Tuple[int, int]]]:
-        """Question of item ``i`` with its trigger (or ``words``) inserted, and the trigger's character span."""
+    def question(self, i: int, words: Optional[Sequence[str]] = None, position: Any = None
+                 ) -> Tuple[str, Optional[Tuple[int, int]]]:
+        """Question of item ``i`` with its trigger (or ``words``) inserted at its position (or ``position``), and
+        the trigger's character span."""
         words = self.triggers[i] if words is None and self.triggers is not None else (words or [])
-        text, span, _ = insert_trigger(self.samples[i].question, words, self.position)
+        where = self.position_of(i) if position is None else position
+        text, span, _ = insert_trigger(self.samples[i].question, words, where)
         return text, span
 
     def batch_samples(self, idx: torch.Tensor) -> Tuple[List[VQASample], List[Optional[Tuple[int, int]]]]:
@@ -140,12 +155,17 @@ class Perturbation:
         return [self.pixels(torch.tensor([i]))[0] for i in range(len(self))]
 
     def state_dict(self) -> Dict[str, Any]:
-        """Everything needed to resume (tensors and word lists)."""
-        return {"delta": self.delta, "triggers": self.triggers}
+        """Everything needed to resume (tensors, word lists and, with natural insertion, the positions)."""
+        state = {"delta": self.delta, "triggers": self.triggers}
+        if self.positions is not None:
+            state["positions"] = list(self.positions)
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
         self.delta, self.triggers = state["delta"], state["triggers"]
+        if state.get("positions") is not None:
+            self.positions = list(state["positions"])
 
 
 def answer_classes(samples: Sequence[VQASample], clusters: int, surrogates, gen: torch.Generator
