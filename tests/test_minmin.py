@@ -225,3 +225,19 @@ def test_lora_rank_per_surrogate(data, tiny_llava_dir, monkeypatch):
 def test_bad_inner_settings(bad):
     with pytest.raises(ValueError):
         DEFENSES.create("emn", **bad)
+
+
+def test_pixels_on_the_bounds_still_move(data, llava):
+    """torch gives clamp a zero gradient exactly on 0 and 1; objectives use a straight-through clamp, so a
+    black clean pixel with a zero start still gets a gradient and the sign step moves it (digits are mostly
+    black: with the plain clamp almost none of those pixels would ever change)."""
+    from toolkit.engine import clamp_pixels
+
+    t = torch.tensor([0.0, 1.0, 0.5, -0.2], requires_grad=True)
+    clamp_pixels(t).sum().backward()
+    assert t.grad.tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert clamp_pixels(t).tolist() == [0.0, 1.0, 0.5, 0.0]
+    out = DEFENSES.create("emn", **{**SMALL, "rounds": 1, "init": "zeros"}).protect(data, [llava])
+    black = np.stack([s.image for s in data]) == 0
+    moved = np.stack([s.image for s in out.dataset]) != np.stack([s.image for s in data])
+    assert black.mean() > 0.3 and moved[black].mean() > 0.3

@@ -18,8 +18,8 @@ import torch
 
 from .data import VQASample
 
-__all__ = ["project", "pgd", "train_step", "shape_batches", "dataset_pixels", "gather", "make_generator",
-           "TrainState", "adapted", "Adaptation"]
+__all__ = ["project", "clamp_pixels", "pgd", "train_step", "shape_batches", "dataset_pixels", "gather",
+           "make_generator", "TrainState", "adapted", "Adaptation"]
 
 LossFn = Callable[[torch.Tensor, Sequence[VQASample]], torch.Tensor]
 
@@ -65,6 +65,17 @@ def dataset_pixels(dataset: Sequence[VQASample]) -> List[torch.Tensor]:
 def gather(tensors: Sequence[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
     """Stack ``tensors[i]`` for ``i`` in ``idx`` into (B, ...) (all the same shape)."""
     return torch.stack([tensors[i] for i in idx.tolist()])
+
+
+def clamp_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """``pixels.clamp(0, 1)`` with a straight-through gradient (the value is clamped, the gradient passes).
+
+    torch gives ``clamp`` a zero gradient at a value lying exactly on a bound, so under a sign step a
+    pixel that sits on 0 or 1 (a black or white clean pixel with a zero start, or one the projection put
+    there) would never move again, even when the loss wants it back inside; objectives of perturbations
+    build their images with this instead.
+    """
+    return pixels + (pixels.clamp(0, 1) - pixels).detach()
 
 
 def project(delta: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:

@@ -53,7 +53,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..attention import align_unpadded_to_protected, attention_rows, kl_divergence, mass_loss, perturbation_token_mask
-from ..engine import gather
+from ..engine import clamp_pixels, gather
 from ..registry import check_choice, check_range
 from ..surrogates.processing import region_means
 from .base import DEFENSES
@@ -228,7 +228,7 @@ class MMGuard(FluentTriggers, MinMinDefense):
         pert = run.pert
         _, spans = pert.batch_samples(idx)
         clean = [pert.samples[i] for i in idx.tolist()]
-        pixels = (x + d).clamp(0, 1)
+        pixels = clamp_pixels(x + d)
         memo = run.step_cache.setdefault("crs_clean", {})
         total = 0.0
         for s, w in run.weighted:

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from ..engine import pgd
+from ..engine import clamp_pixels, pgd
 from ..registry import check_range
 from .base import DEFENSES
 from .minmin import MinMinConfig, MinMinDefense
@@ -49,15 +49,15 @@ class REM(MinMinDefense):
         cfg = self.config
         rho = cfg.adv_eps if cfg.adv_eps is not None else cfg.eps / 2
         px = pixels.detach()
-        return pgd(lambda a: self.sample_loss(surrogates, (px + a).clamp(0, 1), samples).sum(),
+        return pgd(lambda a: self.sample_loss(surrogates, clamp_pixels(px + a), samples).sum(),
                    torch.zeros_like(px), step_size=cfg.adv_step_size or rho / 2, steps=cfg.adv_steps,
                    project_fn=lambda a: ((px + a).clamp(0, 1) - px).clamp(-rho, rho), descend=False)
 
     def objective(self, run, x, d, samples, idx):
         """The min-min loss after the adversary's error-maximising step on the protected pixels."""
-        protected = (x + d).clamp(0, 1)
+        protected = clamp_pixels(x + d)
         a = self._adversarial(run.surrogates, protected, samples)
-        return self.sample_loss(run.surrogates, (protected + a).clamp(0, 1), samples).sum()
+        return self.sample_loss(run.surrogates, clamp_pixels(protected + a), samples).sum()
 
     def train_pixels(self, run, surrogate, pixels, samples):
         """The surrogate trains on adversarial examples of the protected data."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..engine import clamp_pixels
 from ..registry import check_range
 from .base import DEFENSES
 from .minmin import MinMinConfig, MinMinDefense
@@ -70,5 +71,5 @@ class TUE(MinMinDefense):
         """w_task * task loss + w_csd * B * CSD(d, classes of the batch)."""
         cfg = self.config
         labels = run.pert.labels[idx]
-        task = self.sample_loss(run.surrogates, (x + d).clamp(0, 1), samples).sum()
+        task = self.sample_loss(run.surrogates, clamp_pixels(x + d), samples).sum()
         return cfg.task_weight * task + cfg.csd_weight * len(samples) * class_separability(d, labels.to(d.device))

@@ -40,7 +40,8 @@ from tqdm.auto import tqdm
 
 from ...checkpoint import RunCheckpoint, fingerprint
 from ...data import VQASample
-from ...engine import TrainState, adapted, gather, make_generator, pgd, project, shape_batches, train_step
+from ...engine import (TrainState, adapted, clamp_pixels, gather, make_generator, pgd, project, shape_batches,
+                      train_step)
 from ...pixel_transforms import EOT, low_pass
 from ...surrogates.base import LoraSettings
 from ...surrogates.ensemble import Ensemble, weighted_members
@@ -102,7 +103,7 @@ class MinMinDefense(Defense):
                   idx: torch.Tensor) -> torch.Tensor:
         """Scalar the PGD step descends: sum of per-sample losses of (x + d) (B, 3, H, W) for items ``idx``
         (dataset indices; their classes are ``run.pert.labels[idx]``)."""
-        return self.sample_loss(run.surrogates, (x + d).clamp(0, 1), samples).sum()
+        return self.sample_loss(run.surrogates, clamp_pixels(x + d), samples).sum()
 
     def train_pixels(self, run: MinMinRun, surrogate, pixels: torch.Tensor,
                      samples: Sequence[VQASample]) -> torch.Tensor:
@@ -174,7 +175,7 @@ class MinMinDefense(Defense):
             return self.objective(run, x, d, samples, idx)
         with torch.no_grad():
             tx = view(x)
-        return self.objective(run, tx, view((x + d).clamp(0, 1)) - tx, samples, idx)
+        return self.objective(run, tx, view(clamp_pixels(x + d)) - tx, samples, idx)
 
     def project_step(self, d: torch.Tensor, x: Optional[torch.Tensor]) -> torch.Tensor:
         """The projection after each PGD step: low-pass to the ``low_frequency`` band (if set), then clip to the
@@ -299,7 +300,8 @@ class MinMinDefense(Defense):
         if pert.triggers is None:
             return Proposal(pert.proposals(), info=info)
         return Proposal(pert.proposals(), questions=[pert.question(i)[0] for i in range(n)],
-                        triggers=[{"words": list(w), "position": pert.position} for w in pert.triggers], info=info)
+                        triggers=[{"words": list(w), "position": pert.position_of(i)} for i, w in enumerate(pert.triggers)],
+                        info=info)
 
     @torch.no_grad()
     def _score(self, surrogates, pert: Perturbation, eval_idx: torch.Tensor) -> Dict[str, float]:
