@@ -36,7 +36,7 @@ attacker's filter would strip only tells it where to look); only when no sample 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
@@ -44,7 +44,7 @@ import torch
 from ...registry import check_choice, check_range
 from ...surrogates.ensemble import weighted_members
 from ...surrogates.ngram import NgramLM
-from ...triggers import (check_trigger_position, insert_trigger, suspicion_threshold, trigger_position_of,
+from ...triggers import (check_trigger_position, insert_trigger, suspicion_threshold,
                          trigger_word_indices, word_suspicion, words_of)
 from .config import MinMinConfig
 
@@ -288,7 +288,7 @@ class TriggerRules:
 class FluentTriggers:
     """Mixin of the trigger defenses (MEM, MMGuard; their config is a :class:`FluencyConfig` with
     ``max_trigger_tokens``, ``trigger_position`` and ``single_token_words``): start triggers under the
-    fluency rules, and each released trigger's own position under natural insertion."""
+    fluency rules (each released trigger records its own position: ``Perturbation.position_of``)."""
 
     def start_triggers(self, run) -> None:
         """Start triggers: random admissible words as before when no fluency option is on, else
@@ -302,13 +302,3 @@ class FluentTriggers:
         run.pert.rules = TriggerRules(cfg, run.pert, run.surrogates)
         run.pert.rules.start(run.pert, run.weighted[0][0], cfg.max_trigger_tokens, cfg.trigger_position, run.gen,
                              check=check, who=self.name)
-
-    def _protect(self, dataset, surrogates, progress, checkpoint=None):
-        """The min-min loop; under natural insertion each released trigger records its own word index (read
-        back from its question: positions are canonical, so it is the one the search used)."""
-        proposal = super()._protect(dataset, surrogates, progress, checkpoint)
-        if self.config.trigger_position != "natural" or proposal.triggers is None:
-            return proposal
-        triggers = [{**t, "position": trigger_position_of(s.question, q, t["words"])}
-                    for s, q, t in zip(dataset, proposal.questions, proposal.triggers)]
-        return replace(proposal, triggers=triggers)
