@@ -46,6 +46,7 @@ class NgramLM:
         self.order, self.k = order, float(k)
         self.vocab: set = set()
         self.counts: Dict[Tuple[str, ...], Counter] = {}
+        self.totals: Dict[Tuple[str, ...], int] = {}  # sum of each context's counts (computed once at fit)
 
     def _padded(self, text: str) -> List[str]:
         words = [w if w in self.vocab else _UNK for w in words_for_lm(text)]
@@ -62,6 +63,7 @@ class NgramLM:
             seq = self._padded(t)
             for i in range(self.order - 1, len(seq)):
                 self.counts.setdefault(tuple(seq[i - self.order + 1:i]), Counter())[seq[i]] += 1
+        self.totals = {ctx: sum(c.values()) for ctx, c in self.counts.items()}
         return self
 
     def text_nll(self, texts: Sequence[str]) -> torch.Tensor:
@@ -69,13 +71,13 @@ class NgramLM:
         if not self.counts:
             raise RuntimeError("NgramLM: call fit(texts) first")
         size = len(self.vocab) + 2  # words + </s> + <unk>
-        out = []
+        out, empty = [], Counter()
         for t in texts:
             seq = self._padded(t)
             total = 0.0
             for i in range(self.order - 1, len(seq)):
-                ctx = self.counts.get(tuple(seq[i - self.order + 1:i]), Counter())
-                p = (ctx[seq[i]] + self.k) / (sum(ctx.values()) + self.k * size)
+                key = tuple(seq[i - self.order + 1:i])
+                p = (self.counts.get(key, empty)[seq[i]] + self.k) / (self.totals.get(key, 0) + self.k * size)
                 total -= math.log(p)
             out.append(total / (len(seq) - self.order + 1))
         return torch.tensor(out, dtype=torch.float64)
