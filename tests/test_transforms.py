@@ -30,7 +30,7 @@ def noisy():
 
 
 TRAINING_SIDE = {"adversarial_training", "heavy_augmentation"}
-FITTED = {"mix_clean", "lightshed", "diffusion_purification", "trigger_filter"}
+FITTED = {"mix_clean", "lightshed", "diffusion_purification", "trigger_filter", "drop_rare_words"}
 
 
 def test_table_covers_registry():
