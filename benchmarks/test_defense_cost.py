@@ -28,6 +28,8 @@ def _config(name):
     cfg = {**ROUND, **EXTRA.get(name, {})}
     if name.startswith("mmguard"):
         cfg.update(TRIGGER)
+    if name.endswith("_fluent"):  # digits ask one templated question: no trigger word can pass a filter fitted on it
+        cfg["filter_aware"] = False
     return cfg
 
 
