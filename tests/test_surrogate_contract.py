@@ -140,6 +140,42 @@ def test_attentions_and_embedding_grad(model, digits_small):
     assert model.embedding_matrix().shape[1] == g.shape[-1]
 
 
+def test_shared_image_rows_match_one_image_per_row(model, digits_small):
+    """run_shared (rows sharing images, the trigger search's candidates) gives run's losses, answer attention
+    rows, trigger-embedding gradients and pixel gradients; a family that declares ``prefix_cache`` really
+    runs a shared prefix (the test would catch a claim the family cannot keep, or a silent fallback)."""
+    from toolkit.triggers import insert_trigger
+
+    x, samples = _samples(digits_small, 2)
+    rows, spans, index = [], [], []
+    for j, smp in enumerate(samples):
+        for words in (["zebra", "lamp"], ["river"], ["cloud", "stone", "paper"]):
+            q, span, _ = insert_trigger(smp.question, words, "start")
+            rows.append(smp.with_(question=q))
+            spans.append(span)
+            index.append(j)
+    index = torch.tensor(index)
+    with model.frozen():
+        px = x.clone().requires_grad_(True)
+        ref = model.forward_samples(px[index], rows, spans, attention_layers=1, embedding_grad=True)
+        (ref.loss.sum() + ref.answer_nll.sum()).backward()
+        py = x.clone().requires_grad_(True)
+        got = model.forward_samples(py, rows, spans, attention_layers=1, embedding_grad=True, image_index=index)
+        (got.loss.sum() + got.answer_nll.sum()).backward()
+    off = got.embedding_offset
+    assert (off > 0) == model.prefix_cache
+    assert torch.allclose(got.loss, ref.loss, atol=1e-5) and torch.allclose(got.answer_nll, ref.answer_nll, atol=1e-5)
+    answer = ref.batch.answer_mask[:, None, :, None]
+    assert torch.allclose(got.attentions[0] * answer, ref.attentions[0] * answer, atol=1e-6)
+    trig = ref.batch.trigger_mask
+    g_ref = torch.stack([ref.embeddings.grad[r][trig[r]].sum(0) for r in range(len(rows))])
+    g_got = torch.stack([got.embeddings.grad[r][trig[r, off:]].sum(0) for r in range(len(rows))])
+    assert g_ref.abs().sum() > 0 and torch.allclose(g_got, g_ref, atol=1e-5)
+    assert px.grad.abs().sum() > 0 and torch.allclose(py.grad, px.grad, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="image_index"):
+        model.forward_samples(x, rows, spans, image_index=index[:2])
+
+
 def test_save_load_roundtrip(model, digits_small, tmp_path):
     x, samples = _samples(digits_small, 2)
     with torch.no_grad():

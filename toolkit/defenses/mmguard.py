@@ -216,11 +216,11 @@ class MMGuard(FluentTriggers, MinMinDefense):
         """l_joint of dataset items (CRS reuses each item's clean pass within the step)."""
         pert = run.pert
 
-        def loss_fn(surrogate, pixels, samples, spans, embedding_grad, items):
+        def loss_fn(surrogate, pixels, samples, spans, embedding_grad, items, image_index=None):
             idx = torch.tensor(list(items))
             return self.joint_loss(surrogate, pixels, samples, spans, pert.deltas(idx), gather(pert.x, idx),
                                    [pert.samples[i] for i in idx.tolist()], embedding_grad, items=idx.tolist(),
-                                   memo=run.step_cache.setdefault("crs_clean", {}))
+                                   memo=run.step_cache.setdefault("crs_clean", {}), image_index=image_index)
         return loss_fn
 
     def objective(self, run: MinMinRun, x, d, samples, idx):
@@ -277,11 +277,14 @@ class MMGuard(FluentTriggers, MinMinDefense):
     # ------------------------------------------------------------------ loss
     def joint_loss(self, surrogate, pixels: torch.Tensor, samples, spans, deltas: torch.Tensor,
                    clean_pixels: Optional[torch.Tensor], clean_samples: Optional[List], embedding_grad: bool = False,
-                   items: Optional[Sequence[int]] = None, memo: Optional[Dict] = None):
+                   items: Optional[Sequence[int]] = None, memo: Optional[Dict] = None,
+                   image_index: Optional[torch.Tensor] = None):
         """Per-sample l_joint (N,) on one surrogate, and the protected forward result.
 
         Args:
-            pixels: protected images (N, 3, H, W); deltas: their perturbations (for Omega_delta).
+            pixels: protected images (N, 3, H, W), or (M, 3, H, W) distinct ones that row n reads at
+                ``image_index[n]`` (rows sharing an image, e.g. trigger candidates); deltas: the rows'
+                perturbations (N, 3, H, W) (for Omega_delta).
             samples / spans: questions with triggers inserted and the trigger character spans.
             clean_pixels / clean_samples: the clean inputs (CRS only).
             items / memo: the samples' dataset indices and a dict that lives for one step (CRS: the step
@@ -289,7 +292,8 @@ class MMGuard(FluentTriggers, MinMinDefense):
         """
         cfg = self.config
         k = cfg.attention_layers if self.binding else 0
-        res = surrogate.forward_samples(pixels, samples, spans, attention_layers=k, embedding_grad=embedding_grad)
+        res = surrogate.forward_samples(pixels, samples, spans, attention_layers=k, embedding_grad=embedding_grad,
+                                        image_index=image_index)
         if cfg.train_loss == "sum":
             if getattr(res, "answer_nll", None) is None:
                 raise ValueError(f"{self.name}: train_loss='sum' needs per-token answer NLL, which the "

@@ -62,8 +62,10 @@ class TriggerSearchable(Protocol):
 
     def forward_samples(self, pixels: torch.Tensor, samples: Sequence[VQASample],
                         trigger_spans: Optional[Sequence[Optional[Tuple[int, int]]]] = None, *,
-                        attention_layers: int = 0, embedding_grad: bool = False) -> Any:
-        """One differentiable forward pass over samples (see the family's result type)."""
+                        attention_layers: int = 0, embedding_grad: bool = False,
+                        image_index: Optional[torch.Tensor] = None) -> Any:
+        """One differentiable forward pass over samples (see the family's result type); with ``image_index``
+        (N,), ``pixels`` holds distinct images and sample n sees ``pixels[image_index[n]]``."""
 
 
 @runtime_checkable
@@ -72,7 +74,8 @@ class AttentionMaps(Protocol):
 
     def forward_samples(self, pixels: torch.Tensor, samples: Sequence[VQASample],
                         trigger_spans: Optional[Sequence[Optional[Tuple[int, int]]]] = None, *,
-                        attention_layers: int = 0, embedding_grad: bool = False) -> Any:
+                        attention_layers: int = 0, embedding_grad: bool = False,
+                        image_index: Optional[torch.Tensor] = None) -> Any:
         """Forward pass whose result's ``attentions`` holds the first ``attention_layers`` layers'
         (N, heads, L, L) probabilities and ``batch.image_mask`` the image-token positions."""
 

@@ -315,14 +315,18 @@ class ClipSurrogate(ConfigAndWeightsFolder, Reinitializable, Surrogate):
 
     def forward_samples(self, pixels: torch.Tensor, samples: Sequence[VQASample],
                         trigger_spans: Optional[Sequence[Optional[Tuple[int, int]]]] = None, *,
-                        attention_layers: int = 0, embedding_grad: bool = False) -> ClipForward:
+                        attention_layers: int = 0, embedding_grad: bool = False,
+                        image_index: Optional[torch.Tensor] = None) -> ClipForward:
         """:meth:`run` with ``trigger_spans`` (character spans of the questions) marked in
         ``result.trigger_mask``; the min-min engine's trigger search calls this.
 
         ``attention_layers`` > 0 raises :class:`CapabilityError` (no ``"attentions"`` capability).
+        ``image_index`` (N,): sample n sees ``pixels[image_index[n]]`` (None: one image per sample).
         """
         if attention_layers:
             self.require("attentions", who="attention_layers")
+        if image_index is not None:
+            pixels = pixels[torch.as_tensor(image_index, dtype=torch.long)]
         result = self.run(pixels, samples, embedding_grad=embedding_grad)
         if trigger_spans is not None:
             result.trigger_mask = self.trigger_token_mask(tuple(pixels.shape[-2:]), samples, trigger_spans)

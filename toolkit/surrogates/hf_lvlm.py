@@ -72,6 +72,9 @@ class ForwardResult:
         embeddings: the input embeddings (N, L, D) as a leaf whose ``.grad`` is
             filled by a backward pass (HotFlip); None unless requested.
         batch: the token batch used.
+        embedding_offset: first sequence position ``embeddings`` covers (0; P when a shared prefix of P tokens
+            ran once per image through the KV cache, so ``embeddings`` is (N, L - P, D) and a mask over the
+            whole sequence is sliced ``mask[:, embedding_offset:]``).
     """
 
     loss: torch.Tensor
@@ -80,6 +83,7 @@ class ForwardResult:
     embeddings: Optional[torch.Tensor]
     batch: "TokenBatch"
     answer_nll: Optional[torch.Tensor] = None
+    embedding_offset: int = 0
 
 
 def check_prompt_template(template: str) -> None:
@@ -117,6 +121,11 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
     #: substring naming the multimodal projector's parameters.
     projector_key = "multi_modal_projector"
     model_class: str = "AutoModelForImageTextToText"
+    #: rows that share an image may run their common token prefix (chat-template start and image tokens) once per
+    #: image and continue from its KV cache (:meth:`run_shared`): true where the image precedes the question
+    #: and every position attends only to the positions before it with 1-D positions; families with
+    #: bidirectional prefixes, cross-attention or multimodal rotary positions set it False (plain forward).
+    prefix_cache: bool = True
     #: the family's documented single-turn prompt, used when a checkpoint ships no chat template:
     #: ``{image}`` = the processor's image placeholder, ``{question}`` = the question (None: no default)
     default_prompt_template: Optional[str] = None
@@ -236,33 +245,43 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
 
     def _encode_text(self, question: str, answer: str, height: int, width: int,
                      span: Optional[Tuple[int, int]] = None) -> Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]:
-        """(prompt ids, answer ids, prompt positions inside ``span`` of the question), cached."""
-        key = (question, answer, height, width, span)
-        hit = self._encode_cache.get(key)
-        if hit is not None:
-            return hit
-        prompt = self.expand_prompt(self.prompt_text(question), height, width)
+        """(prompt ids, answer ids, prompt positions inside ``span`` of the question); the tokenisation of each
+        prompt (with its offsets) and of each answer is cached, so marking another span of the same question
+        (a trigger search checks every word of every candidate) tokenises nothing."""
+        prompt_ids = self._cached(("prompt", question, height, width), lambda: tuple(
+            self.tokenizer(self.expand_prompt(self.prompt_text(question), height, width))["input_ids"]))
         marked: Tuple[int, ...] = ()
         if span is not None:
+            offsets, question_at = self._prompt_offsets(question, height, width)
             start, end = int(span[0]), int(span[1])
             if not 0 <= start < end <= len(question):
                 raise ValueError(f"trigger span {span} outside the question (length {len(question)})")
-            offset = prompt.rfind(question)
-            if offset < 0:
+            if question_at < 0:
                 raise ValueError("the chat template changed the question text; cannot locate the trigger span")
-            enc = self.tokenizer(prompt, return_offsets_mapping=True)
-            prompt_ids = tuple(enc["input_ids"])
-            lo, hi = offset + start, offset + end
-            marked = tuple(i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < hi and b > lo)
-        else:
-            prompt_ids = tuple(self.tokenizer(prompt)["input_ids"])
+            lo, hi = question_at + start, question_at + end
+            marked = tuple(i for i, (a, b) in enumerate(offsets) if b > a and a < hi and b > lo)
         answer_ids: Tuple[int, ...] = ()
         if answer:
-            answer_ids = tuple(self.tokenizer(self.answer_text(answer), add_special_tokens=False)["input_ids"])
-        if len(self._encode_cache) > 100_000:
-            self._encode_cache.clear()
-        self._encode_cache[key] = (prompt_ids, answer_ids, marked)
+            answer_ids = self._cached(("answer", answer), lambda: tuple(
+                self.tokenizer(self.answer_text(answer), add_special_tokens=False)["input_ids"]))
         return prompt_ids, answer_ids, marked
+
+    def _prompt_offsets(self, question: str, height: int, width: int) -> Tuple[Tuple[Tuple[int, int], ...], int]:
+        """(character offsets of the prompt's tokens, where the question starts in the prompt or -1), cached."""
+        def tokenise():
+            prompt = self.expand_prompt(self.prompt_text(question), height, width)
+            enc = self.tokenizer(prompt, return_offsets_mapping=True)
+            return tuple(map(tuple, enc["offset_mapping"])), prompt.rfind(question)
+        return self._cached(("offsets", question, height, width), tokenise)
+
+    def _cached(self, key: tuple, make):
+        """``make()`` memoised in a bounded per-surrogate cache (cleared when it reaches 100,000 entries)."""
+        hit = self._encode_cache.get(key)
+        if hit is None:
+            if len(self._encode_cache) > 100_000:
+                self._encode_cache.clear()
+            hit = self._encode_cache[key] = make()
+        return hit
 
     def encode(self, questions: Sequence[str], answers: Optional[Sequence[str]], image_hw: Tuple[int, int],
                padding_side: str = "right",
@@ -277,31 +296,29 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
         for i, q in enumerate(questions):
             span = trigger_spans[i] if trigger_spans is not None else None
             p, a, marked = self._encode_text(q, answers[i] if answers is not None else "", *image_hw, span)
-            ids = list(p) + (list(a) + [eos] if answers is not None else [])
-            labels = [-100] * len(p) + (list(a) + [eos] if answers is not None else [])
-            amask = [False] * len(p) + ([True] * len(a) + [False] if answers is not None else [])
-            rows.append((ids, labels, amask, marked))
+            tail = (list(a) + [eos]) if answers is not None else []
+            rows.append((list(p) + tail, len(p), len(a) if answers is not None else 0, marked))
         length = max(len(r[0]) for r in rows)
         pad = self.tokenizer.pad_token_id
-        n = len(rows)
-        input_ids = torch.full((n, length), pad, dtype=torch.long)
-        attention = torch.zeros((n, length), dtype=torch.long)
-        labels = torch.full((n, length), -100, dtype=torch.long)
-        answer_mask = torch.zeros((n, length), dtype=torch.bool)
-        trigger_mask = torch.zeros((n, length), dtype=torch.bool)
-        for i, (ids, lab, am, marked) in enumerate(rows):
-            shift = 0 if padding_side == "right" else length - len(ids)
-            sl = slice(shift, shift + len(ids))
-            input_ids[i, sl] = torch.tensor(ids)
-            attention[i, sl] = 1
-            labels[i, sl] = torch.tensor(lab)
-            answer_mask[i, sl] = torch.tensor(am)
-            if marked:
-                trigger_mask[i, torch.tensor(marked) + shift] = True
-        image_mask = (input_ids == self.image_token_id) & attention.bool()
-        batch = TokenBatch(input_ids, attention, labels, image_mask, answer_mask,
-                           trigger_mask if trigger_spans is not None else None,
-                           self.batch_extras(input_ids, attention))
+        ids, attention, labels, answer, trigger = [], [], [], [], []
+        for seq, n_prompt, n_answer, marked in rows:
+            left = 0 if padding_side == "right" else length - len(seq)
+            right = length - len(seq) - left
+            ids.append([pad] * left + seq + [pad] * right)
+            attention.append([0] * left + [1] * len(seq) + [0] * right)
+            labels.append([-100] * (left + n_prompt) + seq[n_prompt:] + [-100] * right)
+            answer.append([False] * (left + n_prompt) + [True] * n_answer + [False] * (length - left - n_prompt - n_answer))
+            row = [False] * length
+            for k in marked:
+                row[left + k] = True
+            trigger.append(row)
+        input_ids = torch.tensor(ids, dtype=torch.long)
+        attention_mask = torch.tensor(attention, dtype=torch.long)
+        image_mask = (input_ids == self.image_token_id) & attention_mask.bool()
+        batch = TokenBatch(input_ids, attention_mask, torch.tensor(labels, dtype=torch.long), image_mask,
+                           torch.tensor(answer, dtype=torch.bool),
+                           torch.tensor(trigger, dtype=torch.bool) if trigger_spans is not None else None,
+                           self.batch_extras(input_ids, attention_mask))
         return batch.to(self.device)
 
     # ----------------------------------------------------------------- loss / generation
@@ -318,10 +335,19 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
 
     def forward_samples(self, pixels: torch.Tensor, samples: Sequence[VQASample],
                         trigger_spans: Optional[Sequence[Optional[Tuple[int, int]]]] = None, *,
-                        attention_layers: int = 0, embedding_grad: bool = False) -> ForwardResult:
-        """Encode ``samples`` (marking ``trigger_spans`` of their questions) and :meth:`run` them."""
+                        attention_layers: int = 0, embedding_grad: bool = False,
+                        image_index: Optional[torch.Tensor] = None) -> ForwardResult:
+        """Encode ``samples`` (marking ``trigger_spans`` of their questions) and :meth:`run` them.
+
+        ``image_index`` (N,) long: ``pixels`` holds M distinct images and sample n uses ``pixels[image_index[n]]``
+        (e.g. many candidate questions of one image); the rows then share their common prefix through
+        :meth:`run_shared`. None: one image per sample.
+        """
         batch = self.encode([s.question for s in samples], [s.answer for s in samples], tuple(pixels.shape[-2:]),
                             trigger_spans=trigger_spans)
+        if image_index is not None:
+            return self.run_shared(pixels, image_index, batch, attention_layers=attention_layers,
+                                   embedding_grad=embedding_grad)
         return self.run(pixels, batch, attention_layers=attention_layers, embedding_grad=embedding_grad)
 
     def loss_from_batch(self, pixels: torch.Tensor, batch: TokenBatch) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -343,32 +369,115 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
                 (``result.embeddings.grad`` after backward; gradient w.r.t. every
                 token's embedding, image positions included).
         """
-        targets = batch.labels[:, 1:]
-        keep = (targets != -100).any(dim=0).nonzero().squeeze(1)  # positions whose next token is scored
+        keep = self._scored_positions(batch)
         captured: List[torch.Tensor] = []
         with contextlib.ExitStack() as stack:
-            kwargs: Dict[str, Any] = {"logits_to_keep": keep}
-            if attention_layers:
-                self.require("attentions", who="attention_layers")
-                stack.enter_context(self._eager_attention())
-                kwargs["output_attentions"] = True
+            kwargs = self._run_options(stack, attention_layers, embedding_grad, captured)
+            out = self.forward(pixels, batch, logits_to_keep=keep, **kwargs)
+        attentions = self.select_attentions(out)[:attention_layers] if attention_layers else ()
+        return self._result(out.logits, batch, keep, attentions, attention_layers, captured)
+
+    def run_shared(self, images: torch.Tensor, image_index: torch.Tensor, batch: TokenBatch, *,
+                   attention_layers: int = 0, embedding_grad: bool = False) -> ForwardResult:
+        """:meth:`run` for rows that share images: row n of ``batch`` sees ``images[image_index[n]]``.
+
+        Where the family allows it (:attr:`prefix_cache`), the longest token prefix common to every row that holds
+        all image tokens and ends before the first scored position (chat-template start, image, and the
+        question's words up to the first difference) runs once per distinct image; its KV cache is repeated
+        over the rows and only the P..L suffix runs per row. The result is :meth:`run`'s on
+        ``images[image_index]`` up to floating-point rounding (same loss, answer NLL, attention rows of every
+        suffix query, and embedding gradients of the suffix; attention rows of prefix queries are zero and
+        ``embeddings`` covers positions P.. (``result.embedding_offset``)); gradients reach ``images`` and
+        any trainable parameter through the cache. Falls back to :meth:`run` when no such prefix exists.
+
+        Args:
+            images: (M, 3, H, W) in [0, 1]; image_index: (N,) long into ``images``; batch: N rows, right-padded.
+        """
+        index = torch.as_tensor(image_index, dtype=torch.long)
+        if index.dim() != 1 or len(index) != batch.input_ids.shape[0]:
+            raise ValueError(f"image_index must be (N,) with N = {batch.input_ids.shape[0]} rows, got "
+                             f"{tuple(index.shape)}")
+        if len(index) and (int(index.min()) < 0 or int(index.max()) >= images.shape[0]):
+            raise ValueError(f"image_index out of range for {images.shape[0]} images")
+        start = self.shared_prefix_length(batch) if self.prefix_cache else 0
+        if not start:
+            return self.run(images[index], batch, attention_layers=attention_layers, embedding_grad=embedding_grad)
+        used, local = torch.unique(index, return_inverse=True)
+        n, length = batch.input_ids.shape
+        keep = self._scored_positions(batch)
+        captured: List[torch.Tensor] = []
+        first_row = torch.zeros(len(used), dtype=torch.long).scatter_(0, local.flip(0), torch.arange(n).flip(0))
+        with contextlib.ExitStack() as stack:
+            # the prefix runs with the suffix's attention kernel; the embeddings of the suffix alone are captured
+            kwargs = self._run_options(stack, attention_layers, False, captured)
+            prefix = self.model(input_ids=batch.input_ids[first_row.to(self.device), :start],
+                                attention_mask=batch.attention_mask[first_row.to(self.device), :start],
+                                **{k: v[first_row.to(v.device), :start] for k, v in batch.extras.items()},
+                                **self.pixel_inputs(self.to_device(images[used])), use_cache=True, logits_to_keep=1)
+            cache = prefix.cache
+            cache.batch_select_indices(local.to(self.device))
             if embedding_grad:
                 stack.enter_context(self._capture_embeddings(captured))
-            out = self.forward(pixels, batch, **kwargs)
-        logits = out.logits.float()  # (N, K, V)
-        tgt = targets[:, keep]
+            out = self.model(input_ids=batch.input_ids[:, start:], attention_mask=batch.attention_mask,
+                             **{k: v[:, start:] for k, v in batch.extras.items()}, cache=cache,
+                             use_cache=True, logits_to_keep=keep - start, **kwargs)
+        attentions: Tuple[torch.Tensor, ...] = ()
+        if attention_layers:  # (N, heads, L - P, L) -> (N, heads, L, L), prefix query rows zero
+            attentions = tuple(torch.cat([a.new_zeros(a.shape[0], a.shape[1], start, a.shape[3]), a], dim=2)
+                               for a in self.select_attentions(out)[:attention_layers])
+        return self._result(out.logits, batch, keep, attentions, attention_layers, captured, offset=start)
+
+    def shared_prefix_length(self, batch: TokenBatch) -> int:
+        """Length P of the token prefix :meth:`run_shared` runs once per image (0 = none): common to every row
+        (same ids, no padding, same family extras), holding every image token, and ending before the first
+        position whose next token is scored."""
+        ids, valid = batch.input_ids, batch.attention_mask.bool()
+        if any(v.dim() != 2 or v.shape != ids.shape for v in batch.extras.values()):
+            return 0
+        same = valid.all(0) & (ids == ids[:1]).all(0)
+        for v in batch.extras.values():
+            same &= (v == v[:1]).all(0)
+        differs = (~same).nonzero()
+        start = int(differs[0]) if len(differs) else ids.shape[1]
+        start = min(start, int(self._scored_positions(batch)[0]))
+        images = batch.image_mask.any(0).nonzero()
+        if not len(images) or start <= int(images[-1]):
+            return 0
+        return start
+
+    @staticmethod
+    def _scored_positions(batch: TokenBatch) -> torch.Tensor:
+        """Positions whose next token is scored (the logits :meth:`run` keeps)."""
+        return (batch.labels[:, 1:] != -100).any(dim=0).nonzero().squeeze(1)
+
+    def _run_options(self, stack: contextlib.ExitStack, attention_layers: int, embedding_grad: bool,
+                     captured: List[torch.Tensor]) -> Dict[str, Any]:
+        """Enter eager attention / embedding capture on ``stack`` as asked; the model kwargs they need."""
+        kwargs: Dict[str, Any] = {}
+        if attention_layers:
+            self.require("attentions", who="attention_layers")
+            stack.enter_context(self._eager_attention())
+            kwargs["output_attentions"] = True
+        if embedding_grad:
+            stack.enter_context(self._capture_embeddings(captured))
+        return kwargs
+
+    def _result(self, logits: torch.Tensor, batch: TokenBatch, keep: torch.Tensor,
+                attentions: Tuple[torch.Tensor, ...], attention_layers: int, captured: List[torch.Tensor],
+                offset: int = 0) -> ForwardResult:
+        """Losses and exact match from the kept logits (N, K, V) (shared by :meth:`run` and :meth:`run_shared`)."""
+        logits = logits.float()
+        tgt = batch.labels[:, 1:][:, keep]
         scored = tgt != -100
         nll = F.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=-100, reduction="none")
         loss = nll.sum(dim=1) / scored.sum(dim=1).clamp(min=1)
         answer_nll = (nll * (scored & (tgt != self.tokenizer.eos_token_id))).sum(dim=1)  # encode() appends EOS
         correct = ((logits.argmax(-1) == tgt) | ~scored).all(dim=1)
-        attentions: Tuple[torch.Tensor, ...] = ()
-        if attention_layers:
-            attentions = self.select_attentions(out)[:attention_layers]
-            if len(attentions) < attention_layers:
-                raise ValueError(f"{self.family}: asked for {attention_layers} attention layers, the language "
-                                 f"model has {len(attentions)}")
-        return ForwardResult(loss, correct, attentions, captured[0] if captured else None, batch, answer_nll)
+        if len(attentions) < attention_layers:
+            raise ValueError(f"{self.family}: asked for {attention_layers} attention layers, the language "
+                             f"model has {len(attentions)}")
+        return ForwardResult(loss, correct, attentions, captured[0] if captured else None, batch, answer_nll,
+                             embedding_offset=offset)
 
     def select_attentions(self, output: Any) -> Tuple[torch.Tensor, ...]:
         """Language-model self-attention maps from a model output (family hook; default ``output.attentions``)."""

@@ -170,6 +170,8 @@ class MllamaSurrogate(HFVisionLanguageSurrogate):
     cross-attention, see the module docstring).
     """
 
+    prefix_cache = False  # the image enters through cross-attention layers, not the token prefix
+
     family = "mllama"
     model_class = "MllamaForConditionalGeneration"
     capabilities = HFVisionLanguageSurrogate.capabilities - {"image_attention"}

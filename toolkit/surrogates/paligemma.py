@@ -36,6 +36,8 @@ class PaliGemmaSurrogate(HFVisionLanguageSurrogate):
     checkpoint's task convention such as ``"answer en "``.
     """
 
+    prefix_cache = False  # the image and the question form a bidirectional prefix, so prefix tokens see the trigger
+
     family = "paligemma"
     model_class = "PaliGemmaForConditionalGeneration"
     #: text put before the question (the pt / mix checkpoints were trained on e.g. "answer en ").

@@ -158,6 +158,8 @@ class PatchMergeSurrogate(HFVisionLanguageSurrogate):
     square the processor passes through unresized (datasets can use any size).
     """
 
+    prefix_cache = False  # multimodal rotary positions (3-D position ids) are computed over the whole sequence
+
     lora_target = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
     projector_key = "visual.merger"
     processor_class = DifferentiablePatchProcessor

@@ -28,13 +28,15 @@ from .state import Perturbation
 
 __all__ = ["trigger_pass", "answer_loss", "TriggerLoss"]
 
-#: ``loss_fn(surrogate, pixels, samples, spans, embedding_grad, items)`` -> (per-sample loss (N,), ForwardResult)
+#: ``loss_fn(surrogate, pixels, samples, spans, embedding_grad, items, image_index)`` -> (per-sample loss (N,),
+#: ForwardResult); ``pixels`` holds M distinct images and row n uses ``pixels[image_index[n]]``
 TriggerLoss = Callable
 
 
-def answer_loss(surrogate, pixels, samples, spans, embedding_grad, items=None):
-    """The per-sample answer loss (N,) and the forward result (token embeddings captured when asked)."""
-    res = surrogate.forward_samples(pixels, samples, spans, embedding_grad=embedding_grad)
+def answer_loss(surrogate, pixels, samples, spans, embedding_grad, items=None, image_index=None):
+    """The per-sample answer loss (N,) and the forward result (token embeddings captured when asked); rows
+    share the images ``pixels[image_index]`` (None: one image per row)."""
+    res = surrogate.forward_samples(pixels, samples, spans, embedding_grad=embedding_grad, image_index=image_index)
     return res.loss, res
 
 
@@ -48,9 +50,11 @@ def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor
         pert: the perturbation whose ``triggers`` are updated.
         indices: dataset indices to search.
         candidates: words kept per slot and surrogate by the gradient screen.
-        loss_fn: ``(surrogate, pixels, samples, spans, embedding_grad, items)`` -> (per-sample loss (N,),
-            ForwardResult); spans are whole-trigger character spans, items dataset indices. Default:
-            :func:`answer_loss`.
+        loss_fn: ``(surrogate, pixels, samples, spans, embedding_grad, items, image_index)`` -> (per-sample
+            loss (N,), ForwardResult); spans are whole-trigger character spans, items dataset indices, and row n
+            sees the image ``pixels[image_index[n]]`` (the screen passes one image per row, the verification
+            every candidate of a sample against its one image, so a surrogate may run their common prefix once:
+            :meth:`~toolkit.surrogates.HFVisionLanguageSurrogate.run_shared`). Default: :func:`answer_loss`.
         batch_size: samples per screen batch and candidates per verify batch.
         descend: lower the loss (True) or raise it (False).
         who: named in capability errors.
@@ -91,11 +95,12 @@ def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor
             proposals: List[set] = [set() for _ in rows]
             current_loss = torch.zeros(len(rows))
             for (s, weight), parts in zip(weighted, vocabs):
-                loss, res = loss_fn(s, px, samples, full_spans, True, rows)
+                loss, res = loss_fn(s, px, samples, full_spans, True, rows, image_index=torch.arange(len(rows)))
                 (sign * loss.sum()).backward()
                 current_loss += weight * loss.detach().float().cpu()
                 emb, grad = res.embeddings.detach(), res.embeddings.grad
                 mask = s.trigger_token_mask(tuple(px.shape[-2:]), samples, word_spans)
+                mask = mask[:, getattr(res, "embedding_offset", 0):]  # embeddings may start after a shared prefix
                 g = torch.stack([grad[r][mask[r]].mean(0) for r in range(len(rows))])
                 e = torch.stack([emb[r][mask[r]].mean(0) for r in range(len(rows))])
                 for vocab in parts:
@@ -133,15 +138,15 @@ def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor
             with torch.no_grad():
                 for start in range(0, len(jobs), batch_size):
                     chunk = jobs[start:start + batch_size]
-                    cand_px = px[torch.tensor([r for r, _, _, _ in chunk])]
+                    owner = torch.tensor([r for r, _, _, _ in chunk])
                     cand_samples, cand_spans = [], []
                     for r, i, words, where in chunk:
                         text, span = pert.question(i, words, where)
                         cand_samples.append(pert.samples[i].with_(question=text))
                         cand_spans.append(span)
                     items = [i for _, i, _, _ in chunk]
-                    total = sum(w * loss_fn(s, cand_px, cand_samples, cand_spans, False, items)[0].float().cpu()
-                                for s, w in weighted)
+                    total = sum(w * loss_fn(s, px, cand_samples, cand_spans, False, items,
+                                            image_index=owner)[0].float().cpu() for s, w in weighted)
                     pen = [0.0] * len(chunk) if rules is None else \
                         rules.penalty(items, [c.question for c in cand_samples])
                     for k, (job, value, loss) in enumerate(zip(chunk, (sign * total).tolist(), total.tolist())):
