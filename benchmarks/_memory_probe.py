@@ -4,9 +4,10 @@ Usage: ``python _memory_probe.py MODEL_DIR DATA.jsonl {memory,stream}`` prints o
 ``baseline_mb`` (RSS once torch, the surrogate and the dataset's records are loaded, just before
 protecting), ``peak_mb`` (peak RSS from then on: VmHWM after resetting it through
 /proc/self/clear_refs on Linux; elsewhere the process's lifetime ``ru_maxrss``, which loading may set),
-``growth_mb`` (their difference: what the protection added), ``peak_anon_mb`` / ``growth_anon_mb`` (the same for anonymous
-memory, sampled every 2 ms from /proc/self/status on Linux: it leaves out file-backed pages such as the
-disk store's memory map, which the kernel can write back and drop) and ``seconds``.
+``growth_mb`` (their difference: what the protection added), ``peak_reset`` (whether the peak could be
+reset), ``peak_anon_mb`` / ``growth_anon_mb`` (the same for anonymous memory, sampled every 2 ms from
+/proc/self/status on Linux: it leaves out file-backed pages such as the disk store's memory map, which
+the kernel can write back and drop) and ``seconds``.
 
 ``memory``: eager images and ``store="memory"`` (the default); ``stream``: ``load_dataset(lazy=True)``
 and ``store="disk"`` (float16).
@@ -82,7 +83,8 @@ def main(model_dir: str, data: str, path: str) -> None:
     defense = DEFENSES.create("emn", **CONFIG, **store)
     sampler = _AnonPeak()
     base_anon = sampler.now()
-    if _reset_peak():  # the peak from here on is the protection's (loading torch and the model peaks higher)
+    reset = _reset_peak()
+    if reset:  # the peak from here on is the protection's (loading torch and the model peaks higher)
         baseline, peak_of = _status("VmRSS"), lambda: _status("VmHWM")
     else:  # no way to reset: the process's lifetime peak
         baseline, peak_of = _max_rss_mb(), _max_rss_mb
@@ -95,7 +97,7 @@ def main(model_dir: str, data: str, path: str) -> None:
     assert len(protection.dataset) == len(dataset)
     peak = peak_of()
     out = {"n": len(dataset), "path": path, "baseline_mb": baseline, "peak_mb": peak, "growth_mb": peak - baseline,
-           "seconds": seconds}
+           "peak_reset": reset, "seconds": seconds}
     if sampler.peak is not None and base_anon is not None:
         out.update(peak_anon_mb=sampler.peak, growth_anon_mb=sampler.peak - base_anon)
     print(json.dumps(out))

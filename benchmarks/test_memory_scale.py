@@ -28,6 +28,7 @@ PROBE = Path(__file__).with_name("_memory_probe.py")
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
+    """A saved tiny LLaVA and two JSONL datasets (n and 4n records) over the same 128 x 128 PNGs."""
     root = tmp_path_factory.mktemp("memory-scale")
     model = build_tiny_llava(root / "tiny-llava", seed=0)
     train, _ = load_digits_vqa(image_size=SIZE, seed=0)
@@ -45,6 +46,7 @@ def files(tmp_path_factory):
 
 
 def _probe(model, data, path):
+    """Run ``_memory_probe.py`` in a fresh process; its JSON result."""
     repo = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [repo] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
@@ -54,6 +56,7 @@ def _probe(model, data, path):
 
 
 def test_protect_peak_memory_n_and_4n(benchmark, files):
+    """Peak memory at n and 4n for both paths (see the module docstring); the stream path grows far less."""
     model, data = files
 
     def measure():
@@ -81,4 +84,5 @@ def test_protect_peak_memory_n_and_4n(benchmark, files):
     # what protecting 3n more samples adds: the stream path adds far less than the memory path
     extra = {p: runs[(p, 4 * N)]["peak_mb"] - runs[(p, N)]["peak_mb"] for p in ("memory", "stream")}
     info["extra_mb_for_3n_more"] = extra
-    assert extra["stream"] < 0.6 * extra["memory"]
+    if all(r["peak_reset"] for r in runs.values()):  # elsewhere the peaks are the processes' lifetime peaks
+        assert extra["stream"] < 0.6 * extra["memory"]

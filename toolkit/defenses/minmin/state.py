@@ -28,7 +28,7 @@ from ...triggers import insert_trigger, words_of
 
 __all__ = ["Perturbation", "MinMinRun", "answer_classes", "CleanPixels", "DiskDeltas", "STORE_DTYPES"]
 
-#: value types of the disk store (:class:`DiskDeltas`): bytes per value and the largest error of a stored delta
+#: value types of the disk store (:class:`DiskDeltas`) and their bytes per value
 STORE_DTYPES = {"float16": 2, "uint8": 1, "float32": 4}
 
 
