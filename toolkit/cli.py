@@ -65,8 +65,13 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         config["eps"] = args.eps
     if args.seed is not None:
         config["seed"] = args.seed
+    if args.stream and "store" not in config:  # a min-min defense keeps its deltas on disk too
+        import dataclasses
+
+        if "store" in {f.name for f in dataclasses.fields(DEFENSES.get(args.defense).Config)}:
+            config["store"] = "disk"
     defense = DEFENSES.create(args.defense, **config)  # validates name and config before any loading
-    dataset = load_dataset(args.data)
+    dataset = load_dataset(args.data, lazy=bool(args.stream))
     out = check_release_target(args.out, dataset, args.overwrite)  # before the expensive part
     # a typed "\n" (shell quotes keep it literal) means a newline
     extra = {"prompt_template": args.prompt_template.replace("\\n", "\n")} if args.prompt_template is not None else {}
@@ -342,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--device", default="cpu")
     protect.add_argument("--dtype", default="float32")
     protect.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    protect.add_argument("--stream", action="store_true",
+                         help="decode images from their files on access instead of holding them, and keep a "
+                              "min-min defense's deltas in a memory-mapped file (store=disk, unless --set "
+                              "store=... says otherwise): memory flat in the dataset's size (docs/SCALE.md)")
     protect.add_argument("--threads", type=int, default=0,
                        help="torch CPU threads (0 = torch's default; set it when several jobs share the cores)")
     protect.add_argument("--quiet", action="store_true")

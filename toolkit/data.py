@@ -2,12 +2,16 @@
 
 Images are held as uint8 arrays (H, W, 3) in memory; every loader validates
 what it reads and raises :class:`DataError` naming the file and the field.
+With ``lazy=True`` the loaders keep only each image's path (:class:`ImageFile`
+in a :class:`LazyVQASample`) and decode the file on every access of
+``sample.image``, so a dataset's memory does not grow with its images; a bad
+image then raises the same :class:`DataError` on access instead of at load.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -17,6 +21,7 @@ import torch
 __all__ = [
     "DataError", "VQASample", "VQADataset", "load_image", "check_image", "load_llava_json",
     "load_jsonl", "load_dataset", "images_to_tensor", "tensor_to_images", "SOURCE_RECORD",
+    "ImageFile", "LazyVQASample",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -75,7 +80,7 @@ class VQASample:
         where = f"sample {self.id!r}"
         if not isinstance(self.id, str) or not self.id:
             raise DataError(f"{where}: id must be a non-empty string")
-        object.__setattr__(self, "image", check_image(self.image, where))
+        self._check_image(where)
         for name in ("question", "answer"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
@@ -83,9 +88,70 @@ class VQASample:
         if self.choices is not None:
             object.__setattr__(self, "choices", tuple(str(c) for c in self.choices))
 
+    def _check_image(self, where: str) -> None:
+        object.__setattr__(self, "image", check_image(self.image, where))
+
     def with_(self, **changes: Any) -> "VQASample":
         """A copy with some fields replaced (samples are immutable)."""
         return replace(self, **changes)
+
+
+class ImageFile:
+    """An image file decoded on every :meth:`load` (nothing is cached), for :class:`LazyVQASample`.
+
+    Args:
+        path: the image file (resolved by the loader).
+        where: the record it belongs to, named in a :class:`DataError` for an image of the wrong shape or
+            type (an unreadable file's error names the file itself, as :func:`load_image` does).
+    """
+
+    __slots__ = ("path", "where")
+
+    def __init__(self, path: PathLike, where: str) -> None:
+        self.path, self.where = Path(path), where
+
+    def load(self) -> np.ndarray:
+        """Decode the file as a C-contiguous uint8 (H, W, 3) array; raises :class:`DataError` when it is bad."""
+        return check_image(load_image(self.path), self.where)
+
+    def __repr__(self) -> str:
+        return f"ImageFile({str(self.path)!r})"
+
+
+class LazyVQASample(VQASample):
+    """A :class:`VQASample` whose image is an :class:`ImageFile` decoded on every access of ``image``.
+
+    Memory holds the path and the text only; each ``sample.image`` reads the file again (a fresh
+    array), and a bad file raises :class:`DataError` there. :meth:`with_` keeps the image lazy unless it
+    replaces it, in which case it returns a plain (in-memory) :class:`VQASample`. Built by the loaders
+    with ``lazy=True``; constructing one with an array instead of an :class:`ImageFile` holds the array.
+    """
+
+    @property  # type: ignore[override]
+    def image(self) -> np.ndarray:
+        """The decoded uint8 (H, W, 3) image (read from the file on every access)."""
+        src = self.__dict__["_image"]
+        return src.load() if isinstance(src, ImageFile) else src
+
+    @image.setter
+    def image(self, value: Any) -> None:
+        self.__dict__["_image"] = value
+
+    @property
+    def image_source(self) -> Any:
+        """The :class:`ImageFile` (or an array for an eager image) without decoding it."""
+        return self.__dict__["_image"]
+
+    def _check_image(self, where: str) -> None:
+        if not isinstance(self.__dict__["_image"], ImageFile):
+            super()._check_image(where)
+
+    def with_(self, **changes: Any) -> VQASample:
+        """A copy with some fields replaced: still lazy, or a plain :class:`VQASample` when ``image`` is given."""
+        if "image" in changes:
+            values = {f.name: getattr(self, f.name) for f in fields(VQASample) if f.name != "image"}
+            return VQASample(**{**values, **changes})
+        return replace(self, image=self.__dict__["_image"], **changes)
 
 
 class VQADataset(Sequence[VQASample]):
@@ -197,11 +263,12 @@ def _choices(record: Mapping[str, Any], where: str) -> Optional[Tuple[str, ...]]
     return tuple(choices)
 
 
-def load_jsonl(path: PathLike, name: Optional[str] = None) -> VQADataset:
+def load_jsonl(path: PathLike, name: Optional[str] = None, lazy: bool = False) -> VQADataset:
     """Load JSONL records ``{"id", "image", "question", "answer", "choices"?}``.
 
     ``image`` is a path relative to the file's folder and may not escape it.
-    Extra keys are kept in ``meta``.
+    Extra keys are kept in ``meta``. ``lazy``: keep only the image paths (:class:`LazyVQASample`), decoded
+    on every access; a bad image raises the same :class:`DataError` then instead of now.
     """
     path = Path(path).resolve()
     root = path.parent
@@ -221,8 +288,13 @@ def load_jsonl(path: PathLike, name: Optional[str] = None) -> VQADataset:
         if not isinstance(rec, dict):
             raise DataError(f"{where}: record must be an object")
         sid = str(rec.get("id", lineno))
-        image = load_image(_resolve_inside(root, rec.get("image"), f"{where} field 'image'"))
+        image_path = _resolve_inside(root, rec.get("image"), f"{where} field 'image'")
         meta = {k: v for k, v in rec.items() if k not in {"id", "image", "question", "answer", "choices"}}
+        if lazy:
+            samples.append(LazyVQASample(sid, ImageFile(image_path, where), _text(rec, "question", where),
+                                         _text(rec, "answer", where), _choices(rec, where), meta))
+            continue
+        image = load_image(image_path)
         samples.append(VQASample(sid, check_image(image, where), _text(rec, "question", where),
                                  _text(rec, "answer", where), _choices(rec, where), meta))
     if not samples:
@@ -231,7 +303,7 @@ def load_jsonl(path: PathLike, name: Optional[str] = None) -> VQADataset:
 
 
 def load_llava_json(path: PathLike, image_folder: Optional[PathLike] = None,
-                    name: Optional[str] = None) -> VQADataset:
+                    name: Optional[str] = None, lazy: bool = False) -> VQADataset:
     """Load LLaVA-style JSON: a list of ``{"id", "image", "conversations": [...]}``.
 
     The first human turn (``<image>`` placeholder removed) is the question and the
@@ -239,7 +311,9 @@ def load_llava_json(path: PathLike, image_folder: Optional[PathLike] = None,
     (default: the JSON file's folder) and may not escape it. Each sample keeps the
     record's image path and whole conversation in ``meta[SOURCE_RECORD]``, so a
     LLaVA-layout release (:func:`toolkit.release.write_release` with ``layout="llava"``)
-    can give the record back with only the protected question changed.
+    can give the record back with only the protected question changed. ``lazy``: keep only the image
+    paths (:class:`LazyVQASample`), decoded on every access; a bad image raises the same
+    :class:`DataError` then instead of now.
     """
     path = Path(path).resolve()
     root = Path(image_folder).resolve() if image_folder is not None else path.parent
@@ -272,18 +346,20 @@ def load_llava_json(path: PathLike, image_folder: Optional[PathLike] = None,
         answer = _text(gpt, "value", where + " gpt turn").strip()
         if not question:
             raise DataError(f"{where}: question is empty once '<image>' is removed")
-        image = load_image(_resolve_inside(root, rec.get("image"), f"{where} field 'image'"))
+        image_path = _resolve_inside(root, rec.get("image"), f"{where} field 'image'")
+        image = ImageFile(image_path, f"sample {sid!r}") if lazy else load_image(image_path)
         meta = {k: v for k, v in rec.items() if k not in {"id", "image", "conversations", "choices"}}
         meta[SOURCE_RECORD] = {"image": rec["image"], "conversations": conv, "turn": h_index,
                                "answer_turn": conv.index(gpt, h_index + 1)}
-        samples.append(VQASample(sid, image, question, answer, _choices(rec, where), meta))
+        samples.append((LazyVQASample if lazy else VQASample)(sid, image, question, answer, _choices(rec, where), meta))
     if not samples:
         raise DataError(f"{path}: no records (the dataset is empty)")
     return VQADataset(samples, name or path.stem, root)
 
 
 def load_dataset(path: PathLike, **kwargs: Any) -> VQADataset:
-    """Load ``.jsonl`` with :func:`load_jsonl`, ``.json`` with :func:`load_llava_json`."""
+    """Load ``.jsonl`` with :func:`load_jsonl`, ``.json`` with :func:`load_llava_json` (``kwargs`` go to it,
+    e.g. ``lazy=True`` to decode images on access instead of holding them)."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: dataset file not found")

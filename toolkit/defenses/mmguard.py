@@ -218,7 +218,7 @@ class MMGuard(FluentTriggers, MinMinDefense):
 
         def loss_fn(surrogate, pixels, samples, spans, embedding_grad, items, image_index=None):
             idx = torch.tensor(list(items))
-            return self.joint_loss(surrogate, pixels, samples, spans, pert.deltas(idx), gather(pert.x, idx),
+            return self.joint_loss(surrogate, pixels, samples, spans, pert.deltas(idx), pert.clean(idx),
                                    [pert.samples[i] for i in idx.tolist()], embedding_grad, items=idx.tolist(),
                                    memo=run.step_cache.setdefault("crs_clean", {}), image_index=image_index)
         return loss_fn

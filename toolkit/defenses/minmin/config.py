@@ -1,8 +1,9 @@
 """Settings of the min-min loop (:class:`MinMinConfig`), shared by EMN, TUE, REM, MEM and MMGuard."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from ...pixel_transforms import check_eot
 from ...registry import check_choice, check_range
@@ -37,6 +38,15 @@ class MinMinConfig(DefenseConfig):
         eot_samples: transforms drawn per PGD step; the step follows the mean gradient over them (1).
         low_frequency: k > 0 keeps only the k x k lowest 2-D DCT frequencies of every delta (per channel, whole
             image) after every PGD step, before the L_inf / valid-pixel clipping; 0 (default) = off.
+        store: where the perturbation lives (:class:`~toolkit.defenses.minmin.state.Perturbation`): "memory"
+            (default; float32 clean images and deltas in memory, bit-for-bit the historical results) or "disk"
+            (no copy of the clean pixels, made from the samples on demand, and per-sample deltas in a
+            memory-mapped file, so memory does not grow with the dataset; see docs/SCALE.md).
+        store_dir: folder for the disk store's file (default: the system's temporary folder); only with
+            store="disk". The file is removed when the run ends.
+        store_dtype: the disk store's value type: "float16" (default; each stored delta within eps / 2048 of
+            the float32 value), "uint8" (quantised in units of eps / 127: within eps / 254) or "float32"
+            (exact: the same release as the memory store).
     """
 
     granularity: str = "sample"
@@ -63,6 +73,9 @@ class MinMinConfig(DefenseConfig):
     eot: Tuple[Dict[str, Any], ...] = ()
     eot_samples: int = 1
     low_frequency: int = 0
+    store: str = "memory"
+    store_dir: Optional[str] = None
+    store_dtype: str = "float16"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -103,8 +116,27 @@ class MinMinConfig(DefenseConfig):
             raise ValueError(f"low_frequency must be an integer (DCT coefficients kept per side), "
                              f"got {self.low_frequency!r}")
         check_range("low_frequency", self.low_frequency, 0, 1 << 16)
+        check_choice("store", self.store, {"memory", "disk"})
+        check_choice("store_dtype", self.store_dtype, {"float16", "uint8", "float32"})
+        if self.store_dir is not None:
+            if not isinstance(self.store_dir, (str, os.PathLike)) or not str(self.store_dir):
+                raise ValueError(f"store_dir must be a folder path or None, got {self.store_dir!r}")
+            if self.store != "disk":
+                raise ValueError("store_dir is only used with store='disk' (the memory store writes no file)")
+            object.__setattr__(self, "store_dir", str(self.store_dir))
         if self.restart_init == "random" and self.train_mode != "full":
             raise ValueError("restart_init='random' needs train_mode='full' (a from-scratch surrogate)")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain-JSON view; the store settings appear only with ``store="disk"`` (and ``store_dir`` only when
+        set), so the default store leaves manifests, checkpoint fingerprints and cache keys as they were."""
+        out = super().to_dict()
+        if self.store == "memory":
+            for key in ("store", "store_dir", "store_dtype"):
+                out.pop(key, None)
+        elif self.store_dir is None:
+            out.pop("store_dir", None)
+        return out
 
     def lora_ranks(self, members: int) -> Tuple[int, ...]:
         """One adapter rank per surrogate member (``members`` of them, ensembles expanded)."""

@@ -128,12 +128,13 @@ class MinMinDefense(Defense):
         cfg = self.config
         gen = make_generator(cfg.seed)
         labels, num_classes = answer_classes(list(dataset), cfg.answer_clusters, surrogates, gen)
-        pert = Perturbation(list(dataset), labels, num_classes, cfg.granularity, cfg.eps, cfg.init, gen)
+        pert = Perturbation(list(dataset), labels, num_classes, cfg.granularity, cfg.eps, cfg.init, gen,
+                            store=cfg.store, store_dir=cfg.store_dir, store_dtype=cfg.store_dtype)
         if cfg.low_frequency and cfg.init != "zeros":  # a random start is band-limited too
             if pert.classwise:
                 pert.delta = low_pass(pert.delta, cfg.low_frequency).clamp(-cfg.eps, cfg.eps)
             else:
-                pert.delta = [project(low_pass(d, cfg.low_frequency), x, cfg.eps) for d, x in zip(pert.delta, pert.x)]
+                pert.map_deltas(lambda d, x: project(low_pass(d, cfg.low_frequency), x, cfg.eps))
         run = MinMinRun(list(surrogates), pert, gen)
         self.setup(run)
         return run
@@ -199,17 +200,16 @@ class MinMinDefense(Defense):
         for idx in shape_batches(pert.shapes, cfg.pgd_batch_size, indices=pgd_idx):
             samples, _ = pert.batch_samples(idx)
             samples = self.step_samples(run, samples)
-            xb, labels = gather(pert.x, idx), pert.labels[idx]
+            xb, labels = pert.clean(idx), pert.labels[idx]
             if pert.classwise:
                 pert.delta = pgd(lambda d: self.eot_objective(run, xb, d[labels], samples, idx), pert.delta,
                                  step_size=cfg.step_size, steps=cfg.pgd_steps, samples=draws,
                                  project_fn=lambda d: self.project_step(d, None))
             else:
-                new = pgd(lambda d: self.eot_objective(run, xb, d, samples, idx), gather(pert.delta, idx),
+                new = pgd(lambda d: self.eot_objective(run, xb, d, samples, idx), pert.deltas(idx),
                           step_size=cfg.step_size, steps=cfg.pgd_steps, samples=draws,
                           project_fn=lambda d: self.project_step(d, xb))
-                for j, i in enumerate(idx.tolist()):
-                    pert.delta[i] = new[j]
+                pert.set_deltas(idx, new)
 
     def trigger_pass(self, run: MinMinRun, indices: torch.Tensor, candidates: int,
                      loss_fn: Optional[TriggerLoss] = None, batch_size: int = 32,
@@ -311,7 +311,7 @@ class MinMinDefense(Defense):
             clean = [pert.samples[i] for i in idx.tolist()]
             for s in surrogates:
                 loss, correct = s.loss_and_correct(pert.pixels(idx), samples)
-                _, clean_correct = s.loss_and_correct(gather(pert.x, idx), clean)
+                _, clean_correct = s.loss_and_correct(pert.clean(idx), clean)
                 losses.append(loss.float().cpu())
                 accs.append(correct.float().cpu())
                 clean_accs.append(clean_correct.float().cpu())
