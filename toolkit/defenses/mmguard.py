@@ -53,7 +53,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..attention import align_unpadded_to_protected, attention_rows, kl_divergence, mass_loss, perturbation_token_mask
-from ..engine import clamp_pixels, gather
+from ..engine import clamp_pixels
 from ..registry import check_choice, check_range
 from ..surrogates.processing import region_means
 from .base import DEFENSES

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from ...checkpoint import RunCheckpoint, fingerprint
 from ...data import VQASample
-from ...engine import (TrainState, adapted, clamp_pixels, gather, make_generator, pgd, project, shape_batches,
+from ...engine import (TrainState, adapted, clamp_pixels, make_generator, pgd, project, shape_batches,
                       train_step)
 from ...pixel_transforms import EOT, low_pass
 from ...surrogates.base import LoraSettings
