@@ -140,6 +140,21 @@ def test_attentions_and_embedding_grad(model, digits_small):
     assert model.embedding_matrix().shape[1] == g.shape[-1]
 
 
+def test_hooked_attention_maps_match_the_model_output(model, digits_small, monkeypatch):
+    """run() hooks the first K self-attention modules; the maps equal the model's own output_attentions
+    (the path taken when no module is found), and the hooks are gone afterwards."""
+    x, samples = _samples(digits_small, 2)
+    batch = model.encode([s.question for s in samples], [s.answer for s in samples], tuple(x.shape[-2:]))
+    modules = model.attention_modules()
+    assert len(modules) >= 1
+    with model.frozen(), torch.no_grad():
+        hooked = model.run(x, batch, attention_layers=1).attentions
+        assert all(not m._forward_hooks for m in modules)
+        monkeypatch.setattr(model, "attention_modules", lambda: [])
+        reference = model.run(x, batch, attention_layers=1).attentions
+    assert len(hooked) == len(reference) == 1 and torch.equal(hooked[0], reference[0])
+
+
 def test_shared_image_rows_match_one_image_per_row(model, digits_small):
     """run_shared (rows sharing images, the trigger search's candidates) gives run's losses, answer attention
     rows, trigger-embedding gradients and pixel gradients; a family that declares ``prefix_cache`` really

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -371,10 +372,12 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
         """
         keep = self._scored_positions(batch)
         captured: List[torch.Tensor] = []
+        maps: List[torch.Tensor] = []
         with contextlib.ExitStack() as stack:
-            kwargs = self._run_options(stack, attention_layers, embedding_grad, captured)
+            self._eager(stack, attention_layers)
+            kwargs = self._capture(stack, attention_layers, embedding_grad, maps, captured)
             out = self.forward(pixels, batch, logits_to_keep=keep, **kwargs)
-        attentions = self.select_attentions(out)[:attention_layers] if attention_layers else ()
+        attentions = self._attention_maps(out, maps, attention_layers)
         return self._result(out.logits, batch, keep, attentions, attention_layers, captured)
 
     def run_shared(self, images: torch.Tensor, image_index: torch.Tensor, batch: TokenBatch, *,
@@ -406,25 +409,24 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
         n, length = batch.input_ids.shape
         keep = self._scored_positions(batch)
         captured: List[torch.Tensor] = []
+        maps: List[torch.Tensor] = []
         first_row = torch.zeros(len(used), dtype=torch.long).scatter_(0, local.flip(0), torch.arange(n).flip(0))
         with contextlib.ExitStack() as stack:
-            # the prefix runs with the suffix's attention kernel; the embeddings of the suffix alone are captured
-            kwargs = self._run_options(stack, attention_layers, False, captured)
+            self._eager(stack, attention_layers)  # the prefix runs with the suffix's attention kernel
             prefix = self.model(input_ids=batch.input_ids[first_row.to(self.device), :start],
                                 attention_mask=batch.attention_mask[first_row.to(self.device), :start],
                                 **{k: v[first_row.to(v.device), :start] for k, v in batch.extras.items()},
                                 **self.pixel_inputs(self.to_device(images[used])), use_cache=True, logits_to_keep=1)
             cache = prefix.cache
             cache.batch_select_indices(local.to(self.device))
-            if embedding_grad:
-                stack.enter_context(self._capture_embeddings(captured))
+            kwargs = self._capture(stack, attention_layers, embedding_grad, maps, captured)  # the suffix's alone
             out = self.model(input_ids=batch.input_ids[:, start:], attention_mask=batch.attention_mask,
                              **{k: v[:, start:] for k, v in batch.extras.items()}, cache=cache,
                              use_cache=True, logits_to_keep=keep - start, **kwargs)
         attentions: Tuple[torch.Tensor, ...] = ()
         if attention_layers:  # (N, heads, L - P, L) -> (N, heads, L, L), prefix query rows zero
             attentions = tuple(torch.cat([a.new_zeros(a.shape[0], a.shape[1], start, a.shape[3]), a], dim=2)
-                               for a in self.select_attentions(out)[:attention_layers])
+                               for a in self._attention_maps(out, maps, attention_layers))
         return self._result(out.logits, batch, keep, attentions, attention_layers, captured, offset=start)
 
     def shared_prefix_length(self, batch: TokenBatch) -> int:
@@ -450,17 +452,48 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
         """Positions whose next token is scored (the logits :meth:`run` keeps)."""
         return (batch.labels[:, 1:] != -100).any(dim=0).nonzero().squeeze(1)
 
-    def _run_options(self, stack: contextlib.ExitStack, attention_layers: int, embedding_grad: bool,
-                     captured: List[torch.Tensor]) -> Dict[str, Any]:
-        """Enter eager attention / embedding capture on ``stack`` as asked; the model kwargs they need."""
-        kwargs: Dict[str, Any] = {}
+    def _eager(self, stack: contextlib.ExitStack, attention_layers: int) -> None:
+        """Switch to eager attention on ``stack`` when attention maps are asked for."""
         if attention_layers:
             self.require("attentions", who="attention_layers")
             stack.enter_context(self._eager_attention())
-            kwargs["output_attentions"] = True
+
+    def _capture(self, stack: contextlib.ExitStack, attention_layers: int, embedding_grad: bool,
+                 maps: List[torch.Tensor], captured: List[torch.Tensor]) -> Dict[str, Any]:
+        """Hook the first ``attention_layers`` self-attention modules (their maps land in ``maps``, the deeper
+        layers' maps are freed as they go) and the input embeddings (into ``captured``) on ``stack``; the model
+        kwargs still needed (``output_attentions`` only when the family's modules cannot be found)."""
         if embedding_grad:
             stack.enter_context(self._capture_embeddings(captured))
-        return kwargs
+        if not attention_layers:
+            return {}
+        modules = self.attention_modules()
+        if len(modules) < attention_layers:  # unknown layout: every layer's maps through the model output
+            return {"output_attentions": True}
+        for module in modules[:attention_layers]:
+            handle = module.register_forward_hook(lambda _m, _args, out: maps.append(out[1]))
+            stack.callback(handle.remove)
+        return {}
+
+    def attention_modules(self) -> List[torch.nn.Module]:
+        """The language model's self-attention modules in layer order (``...layers.N.self_attn`` under its
+        language or text model; cross-attention layers are not among them). :meth:`run` hooks the first K of
+        them, so a deep model keeps K attention maps, not one per layer."""
+        found = []
+        for name, module in self.base_model().named_modules():
+            hit = self._SELF_ATTENTION.search(name)
+            if hit:
+                found.append((int(hit.group(1)), module))
+        return [m for _, m in sorted(found, key=lambda t: t[0])]
+
+    _SELF_ATTENTION = re.compile(r"(?:language_model|text_model)\.(?:model\.)?layers\.(\d+)\.self_attn$")
+
+    def _attention_maps(self, output: Any, maps: List[torch.Tensor], attention_layers: int
+                        ) -> Tuple[torch.Tensor, ...]:
+        """The first ``attention_layers`` maps: hooked, or from the output where no module was hooked."""
+        if not attention_layers:
+            return ()
+        return tuple(maps[:attention_layers]) if maps else self.select_attentions(output)[:attention_layers]
 
     def _result(self, logits: torch.Tensor, batch: TokenBatch, keep: torch.Tensor,
                 attentions: Tuple[torch.Tensor, ...], attention_layers: int, captured: List[torch.Tensor],
