@@ -147,25 +147,30 @@ def test_hooked_attention_maps_match_the_model_output(model, digits_small, monke
     batch = model.encode([s.question for s in samples], [s.answer for s in samples], tuple(x.shape[-2:]))
     modules = model.attention_modules()
     assert len(modules) >= 1
+    kernel = model.base_model().config._attn_implementation
     with model.frozen(), torch.no_grad():
         hooked = model.run(x, batch, attention_layers=1).attentions
+        hooked_again = model.run(x, batch, attention_layers=1).attentions  # the cached eager switch
         assert all(not m._forward_hooks for m in modules)
+        assert model.base_model().config._attn_implementation == kernel  # switched back after each call
+        assert torch.equal(hooked[0], hooked_again[0])
         monkeypatch.setattr(model, "attention_modules", lambda: [])
         reference = model.run(x, batch, attention_layers=1).attentions
     assert len(hooked) == len(reference) == 1 and torch.equal(hooked[0], reference[0])
 
 
 def test_shared_image_rows_match_one_image_per_row(model, digits_small):
-    """run_shared (rows sharing images, the trigger search's candidates) gives run's losses, answer attention
-    rows, trigger-embedding gradients and pixel gradients; a family that declares ``prefix_cache`` really
-    runs a shared prefix (the test would catch a claim the family cannot keep, or a silent fallback)."""
+    """run_shared (rows sharing images, the trigger search's candidates) gives run's losses, attention maps,
+    trigger-embedding gradients and pixel gradients. A family that declares ``prefix_cache`` really runs a
+    shared prefix, and without embedding gradients the prefix extends over the words an image's rows share
+    (the test would catch a claim the family cannot keep, or a silent fallback)."""
     from toolkit.triggers import insert_trigger
 
     x, samples = _samples(digits_small, 2)
     rows, spans, index = [], [], []
     for j, smp in enumerate(samples):
-        for words in (["zebra", "lamp"], ["river"], ["cloud", "stone", "paper"]):
-            q, span, _ = insert_trigger(smp.question, words, "start")
+        for words in (["zebra", "lamp"], ["zebra", "river"], ["zebra", "stone", "paper"]):
+            q, span, _ = insert_trigger(smp.question, words if j == 0 else ["cloud"] + words[1:], "start")
             rows.append(smp.with_(question=q))
             spans.append(span)
             index.append(j)
@@ -177,11 +182,14 @@ def test_shared_image_rows_match_one_image_per_row(model, digits_small):
         py = x.clone().requires_grad_(True)
         got = model.forward_samples(py, rows, spans, attention_layers=1, embedding_grad=True, image_index=index)
         (got.loss.sum() + got.answer_nll.sum()).backward()
+        with torch.no_grad():
+            grouped = model.forward_samples(x, rows, spans, attention_layers=1, image_index=index)
     off = got.embedding_offset
     assert (off > 0) == model.prefix_cache
-    assert torch.allclose(got.loss, ref.loss, atol=1e-5) and torch.allclose(got.answer_nll, ref.answer_nll, atol=1e-5)
-    answer = ref.batch.answer_mask[:, None, :, None]
-    assert torch.allclose(got.attentions[0] * answer, ref.attentions[0] * answer, atol=1e-6)
+    assert (grouped.embedding_offset > off) == model.prefix_cache
+    for res in (got, grouped):
+        assert torch.allclose(res.loss, ref.loss, atol=1e-5) and torch.allclose(res.answer_nll, ref.answer_nll, atol=1e-5)
+        assert torch.allclose(res.attentions[0], ref.attentions[0], atol=1e-6)
     trig = ref.batch.trigger_mask
     g_ref = torch.stack([ref.embeddings.grad[r][trig[r]].sum(0) for r in range(len(rows))])
     g_got = torch.stack([got.embeddings.grad[r][trig[r, off:]].sum(0) for r in range(len(rows))])

@@ -293,33 +293,36 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
         ``trigger_mask`` (e.g. an inserted trigger), or None.
         """
         eos = self.tokenizer.eos_token_id
-        rows = []
+        seqs, n_prompt, n_answer, marked_at = [], [], [], []
         for i, q in enumerate(questions):
             span = trigger_spans[i] if trigger_spans is not None else None
             p, a, marked = self._encode_text(q, answers[i] if answers is not None else "", *image_hw, span)
-            tail = (list(a) + [eos]) if answers is not None else []
-            rows.append((list(p) + tail, len(p), len(a) if answers is not None else 0, marked))
-        length = max(len(r[0]) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        ids, attention, labels, answer, trigger = [], [], [], [], []
-        for seq, n_prompt, n_answer, marked in rows:
-            left = 0 if padding_side == "right" else length - len(seq)
-            right = length - len(seq) - left
-            ids.append([pad] * left + seq + [pad] * right)
-            attention.append([0] * left + [1] * len(seq) + [0] * right)
-            labels.append([-100] * (left + n_prompt) + seq[n_prompt:] + [-100] * right)
-            answer.append([False] * (left + n_prompt) + [True] * n_answer + [False] * (length - left - n_prompt - n_answer))
-            row = [False] * length
-            for k in marked:
-                row[left + k] = True
-            trigger.append(row)
-        input_ids = torch.tensor(ids, dtype=torch.long)
-        attention_mask = torch.tensor(attention, dtype=torch.long)
-        image_mask = (input_ids == self.image_token_id) & attention_mask.bool()
-        batch = TokenBatch(input_ids, attention_mask, torch.tensor(labels, dtype=torch.long), image_mask,
-                           torch.tensor(answer, dtype=torch.bool),
-                           torch.tensor(trigger, dtype=torch.bool) if trigger_spans is not None else None,
-                           self.batch_extras(input_ids, attention_mask))
+            seqs.append(p + a + (eos,) if answers is not None else p)
+            n_prompt.append(len(p))
+            n_answer.append(len(a) if answers is not None else 0)
+            marked_at.append(marked)
+        n = len(seqs)
+        lengths = torch.tensor([len(t) for t in seqs])
+        length = int(lengths.max())
+        start = length - lengths if padding_side == "left" else torch.zeros_like(lengths)
+        pos = torch.arange(length).expand(n, length)
+        real = (pos >= start[:, None]) & (pos < (start + lengths)[:, None])
+        input_ids = torch.full((n, length), self.tokenizer.pad_token_id, dtype=torch.long)
+        input_ids[real] = torch.tensor([t for seq in seqs for t in seq], dtype=torch.long)
+        answer_from = (start + torch.tensor(n_prompt))[:, None]
+        labels = input_ids.masked_fill(~(real & (pos >= answer_from)), -100)
+        answer_mask = (pos >= answer_from) & (pos < answer_from + torch.tensor(n_answer)[:, None])
+        trigger_mask = None
+        if trigger_spans is not None:
+            trigger_mask = torch.zeros((n, length), dtype=torch.bool)
+            rows = [r for r, m in enumerate(marked_at) for _ in m]
+            if rows:
+                cols = torch.tensor([k for m in marked_at for k in m]) + start[torch.tensor(rows)]
+                trigger_mask[torch.tensor(rows), cols] = True
+        attention = real.long()
+        image_mask = (input_ids == self.image_token_id) & real
+        batch = TokenBatch(input_ids, attention, labels, image_mask, answer_mask, trigger_mask,
+                           self.batch_extras(input_ids, attention))
         return batch.to(self.device)
 
     # ----------------------------------------------------------------- loss / generation
@@ -384,14 +387,17 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
                    attention_layers: int = 0, embedding_grad: bool = False) -> ForwardResult:
         """:meth:`run` for rows that share images: row n of ``batch`` sees ``images[image_index[n]]``.
 
-        Where the family allows it (:attr:`prefix_cache`), the longest token prefix common to every row that holds
-        all image tokens and ends before the first scored position (chat-template start, image, and the
-        question's words up to the first difference) runs once per distinct image; its KV cache is repeated
-        over the rows and only the P..L suffix runs per row. The result is :meth:`run`'s on
-        ``images[image_index]`` up to floating-point rounding (same loss, answer NLL, attention rows of every
-        suffix query, and embedding gradients of the suffix; attention rows of prefix queries are zero and
-        ``embeddings`` covers positions P.. (``result.embedding_offset``)); gradients reach ``images`` and
-        any trainable parameter through the cache. Falls back to :meth:`run` when no such prefix exists.
+        Where the family allows it (:attr:`prefix_cache`), a token prefix of P positions runs once per distinct
+        image and its KV cache is repeated over that image's rows; only positions P..L run per row. P is the
+        longest prefix that every row shares with the other rows of its image (same ids, no padding, same
+        family extras; for a trigger search's candidates: the template, the image and the question up to the
+        slot being searched), holds every image token and ends before the first scored position; with
+        ``embedding_grad`` it is the prefix common to all rows, so the captured embeddings of each row cover
+        everything after it. The result is :meth:`run`'s on ``images[image_index]``: the same losses and
+        answer NLL, the same attention maps (prefix query rows come from the prefix pass; attention is causal,
+        so they put nothing on later keys), and the same embedding gradients on positions P..
+        (``embeddings`` covers those, ``result.embedding_offset`` = P); gradients reach ``images`` and any
+        trainable parameter through the cache. Falls back to :meth:`run` when no such prefix exists.
 
         Args:
             images: (M, 3, H, W) in [0, 1]; image_index: (N,) long into ``images``; batch: N rows, right-padded.
@@ -402,21 +408,26 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
                              f"{tuple(index.shape)}")
         if len(index) and (int(index.min()) < 0 or int(index.max()) >= images.shape[0]):
             raise ValueError(f"image_index out of range for {images.shape[0]} images")
-        start = self.shared_prefix_length(batch) if self.prefix_cache else 0
+        used, local = torch.unique(index, return_inverse=True)
+        groups = torch.zeros_like(local) if embedding_grad else local
+        start = self.shared_prefix_length(batch, groups) if self.prefix_cache else 0
         if not start:
             return self.run(images[index], batch, attention_layers=attention_layers, embedding_grad=embedding_grad)
-        used, local = torch.unique(index, return_inverse=True)
         n, length = batch.input_ids.shape
         keep = self._scored_positions(batch)
         captured: List[torch.Tensor] = []
         maps: List[torch.Tensor] = []
-        first_row = torch.zeros(len(used), dtype=torch.long).scatter_(0, local.flip(0), torch.arange(n).flip(0))
+        prefix_maps: List[torch.Tensor] = []
+        first = self._first_rows(local, len(used)).to(self.device)
         with contextlib.ExitStack() as stack:
             self._eager(stack, attention_layers)  # the prefix runs with the suffix's attention kernel
-            prefix = self.model(input_ids=batch.input_ids[first_row.to(self.device), :start],
-                                attention_mask=batch.attention_mask[first_row.to(self.device), :start],
-                                **{k: v[first_row.to(v.device), :start] for k, v in batch.extras.items()},
-                                **self.pixel_inputs(self.to_device(images[used])), use_cache=True, logits_to_keep=1)
+            with contextlib.ExitStack() as inner:
+                prefix_kwargs = self._capture(inner, attention_layers, False, prefix_maps, [])
+                prefix = self.model(input_ids=batch.input_ids[first, :start],
+                                    attention_mask=batch.attention_mask[first, :start],
+                                    **{k: v[first.to(v.device), :start] for k, v in batch.extras.items()},
+                                    **self.pixel_inputs(self.to_device(images[used])), use_cache=True,
+                                    logits_to_keep=1, **prefix_kwargs)
             cache = prefix.cache
             cache.batch_select_indices(local.to(self.device))
             kwargs = self._capture(stack, attention_layers, embedding_grad, maps, captured)  # the suffix's alone
@@ -424,28 +435,39 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
                              **{k: v[:, start:] for k, v in batch.extras.items()}, cache=cache,
                              use_cache=True, logits_to_keep=keep - start, **kwargs)
         attentions: Tuple[torch.Tensor, ...] = ()
-        if attention_layers:  # (N, heads, L - P, L) -> (N, heads, L, L), prefix query rows zero
-            attentions = tuple(torch.cat([a.new_zeros(a.shape[0], a.shape[1], start, a.shape[3]), a], dim=2)
-                               for a in self._attention_maps(out, maps, attention_layers))
+        if attention_layers:  # prefix rows (M, heads, P, P) repeated and padded to L keys, over the suffix rows
+            rows = local.to(self.device)
+            attentions = tuple(torch.cat([F.pad(p[rows], (0, length - start)), a], dim=2) for p, a in zip(
+                self._attention_maps(prefix, prefix_maps, attention_layers),
+                self._attention_maps(out, maps, attention_layers)))
         return self._result(out.logits, batch, keep, attentions, attention_layers, captured, offset=start)
 
-    def shared_prefix_length(self, batch: TokenBatch) -> int:
-        """Length P of the token prefix :meth:`run_shared` runs once per image (0 = none): common to every row
-        (same ids, no padding, same family extras), holding every image token, and ending before the first
-        position whose next token is scored."""
+    def shared_prefix_length(self, batch: TokenBatch, groups: Optional[torch.Tensor] = None) -> int:
+        """Length P of the token prefix :meth:`run_shared` runs once per group (0 = none): every row equals its
+        group's first row there (same ids, no padding, same family extras), it holds every image token and it
+        ends before the first position whose next token is scored. ``groups`` (N,) long in 0..G-1 (rows that
+        share an image); None = one group (the prefix common to all rows)."""
         ids, valid = batch.input_ids, batch.attention_mask.bool()
         if any(v.dim() != 2 or v.shape != ids.shape for v in batch.extras.values()):
             return 0
-        same = valid.all(0) & (ids == ids[:1]).all(0)
+        groups = torch.zeros(len(ids), dtype=torch.long) if groups is None else groups
+        ref = self._first_rows(groups, int(groups.max()) + 1)[groups].to(ids.device)
+        same = valid & (ids == ids[ref])
         for v in batch.extras.values():
-            same &= (v == v[:1]).all(0)
-        differs = (~same).nonzero()
+            same &= v == v[ref]
+        differs = (~same.all(0)).nonzero()
         start = int(differs[0]) if len(differs) else ids.shape[1]
         start = min(start, int(self._scored_positions(batch)[0]))
         images = batch.image_mask.any(0).nonzero()
         if not len(images) or start <= int(images[-1]):
             return 0
         return start
+
+    @staticmethod
+    def _first_rows(groups: torch.Tensor, count: int) -> torch.Tensor:
+        """Index of each group's first row (count,) for ``groups`` (N,) in 0..count-1."""
+        n = len(groups)
+        return torch.full((count,), n, dtype=torch.long).scatter_reduce_(0, groups.cpu(), torch.arange(n), "amin")
 
     @staticmethod
     def _scored_positions(batch: TokenBatch) -> torch.Tensor:
@@ -478,13 +500,17 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
     def attention_modules(self) -> List[torch.nn.Module]:
         """The language model's self-attention modules in layer order (``...layers.N.self_attn`` under its
         language or text model; cross-attention layers are not among them). :meth:`run` hooks the first K of
-        them, so a deep model keeps K attention maps, not one per layer."""
-        found = []
-        for name, module in self.base_model().named_modules():
-            hit = self._SELF_ATTENTION.search(name)
-            if hit:
-                found.append((int(hit.group(1)), module))
-        return [m for _, m in sorted(found, key=lambda t: t[0])]
+        them, so a deep model keeps K attention maps, not one per layer. Found once per model object."""
+        model = self.base_model()
+        cached = self.__dict__.get("_attention_modules")
+        if cached is None or cached[0] is not model:
+            found = []
+            for name, module in model.named_modules():
+                hit = self._SELF_ATTENTION.search(name)
+                if hit:
+                    found.append((int(hit.group(1)), module))
+            cached = self._attention_modules = (model, [m for _, m in sorted(found, key=lambda t: t[0])])
+        return cached[1]
 
     _SELF_ATTENTION = re.compile(r"(?:language_model|text_model)\.(?:model\.)?layers\.(\d+)\.self_attn$")
 
@@ -518,17 +544,46 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
 
     @contextlib.contextmanager
     def _eager_attention(self) -> Iterator[None]:
-        """Switch the model to eager attention (weights are returned) and back."""
+        """Switch the model to eager attention (weights are returned) and back.
+
+        transformers' ``set_attn_implementation`` walks every module, which a trigger search calling this per
+        forward pays hundreds of times; the first switch of a model records which configs it changed and
+        later switches set exactly those (:meth:`_attention_switch`)."""
         model = self.base_model()
         old = model.config._attn_implementation
         if old == "eager":
             yield
             return
-        model.set_attn_implementation("eager")
+        changes = self._attention_switch(model, old)
+        for config, _, new in changes:  # the attribute set_attn_implementation itself writes (no recursion)
+            config._attn_implementation_internal = new
         try:
             yield
         finally:
+            for config, previous, _ in changes:
+                config._attn_implementation_internal = previous
+
+    def _attention_switch(self, model: torch.nn.Module, old: str) -> List[Tuple[Any, str, str]]:
+        """(config, implementation before, eager setting) of every config ``set_attn_implementation("eager")``
+        changes on ``model`` (found once per model and starting implementation, then cached)."""
+        from transformers import PreTrainedModel
+
+        cache = self.__dict__.setdefault("_attention_switches", {})
+        key = (id(model), old)
+        if key not in cache:
+            configs: Dict[int, Any] = {}
+            todo = [model.config] + [m.config for m in model.modules() if isinstance(m, PreTrainedModel)]
+            while todo:
+                config = todo.pop()
+                if id(config) not in configs:
+                    configs[id(config)] = config
+                    todo += [getattr(config, k) for k in getattr(config, "sub_configs", {}) if getattr(config, k, None)]
+            before = {i: c._attn_implementation for i, c in configs.items()}
+            model.set_attn_implementation("eager")
+            after = {i: c._attn_implementation for i, c in configs.items()}
             model.set_attn_implementation(old)
+            cache[key] = [(configs[i], before[i], after[i]) for i in configs if before[i] != after[i]]
+        return cache[key]
 
     def token_embeddings(self) -> torch.nn.Module:
         """The language model's input-embedding module (captured for HotFlip by ``run(embedding_grad=True)``)."""
