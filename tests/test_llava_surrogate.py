@@ -123,3 +123,27 @@ def test_bfloat16_forward(tiny_llava_dir, digits_small):
         loss = s.loss(x, samples)
         (g,) = torch.autograd.grad(loss.sum(), x)
     assert torch.isfinite(loss).all() and g.abs().sum() > 0
+
+
+def test_gradient_checkpointing_acts_in_input_gradient_steps(tiny_llava_dir, digits_small):
+    """frozen() with gradient_checkpointing recomputes the decoder layers during backward (the first attention
+    module runs twice per step, once without checkpointing) and gives the same loss and input gradient
+    (no dropout switched on); the train-mode flags are back to eval afterwards."""
+    from toolkit.data import images_to_tensor
+
+    samples = list(digits_small[0][:3])
+    x = images_to_tensor([s.image for s in samples])
+    results = {}
+    for ckpt in (False, True):
+        model = load_surrogate(tiny_llava_dir, gradient_checkpointing=ckpt)
+        calls = []
+        handle = model.attention_modules()[0].register_forward_hook(lambda *_: calls.append(1))
+        d = torch.zeros_like(x, requires_grad=True)
+        with model.frozen():
+            loss = model.loss(x + d, samples).sum()
+            (grad,) = torch.autograd.grad(loss, d)
+        handle.remove()
+        assert not any(m.training for m in model.model.modules())
+        results[ckpt] = (len(calls), loss.detach(), grad)
+    assert results[False][0] == 1 and results[True][0] == 2
+    assert torch.allclose(results[True][1], results[False][1]) and torch.allclose(results[True][2], results[False][2], atol=1e-6)

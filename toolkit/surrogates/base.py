@@ -191,12 +191,19 @@ class Surrogate(ABC):
         for p in all_params:
             p.requires_grad_(id(p) in ids)
         self.model.train(train)
+        if self.gradient_checkpointing and not train:
+            self.checkpoint_frozen()
         try:
             yield self
         finally:
             for p, flag in zip(all_params, flags):
                 p.requires_grad_(flag)
             self.model.train(was_training)
+
+    def checkpoint_frozen(self) -> None:
+        """Hook run on entering :meth:`frozen` with ``gradient_checkpointing``: make the model's checkpointing
+        act in eval mode too (PGD and trigger-search input gradients), where a library only checkpoints in
+        train mode. Default: nothing (the library checkpoints regardless of the mode)."""
 
     def frozen(self):
         """Eval mode with every parameter ``requires_grad=False`` (input gradients only); restored after."""

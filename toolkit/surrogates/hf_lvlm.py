@@ -151,12 +151,28 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
         self.tokenizer = self.processor.tokenizer
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        cls = getattr(transformers, self.model_class)
-        model = cls.from_pretrained(self.path, local_files_only=True, dtype=self.dtype)
+        model = self.load_model(getattr(transformers, self.model_class))
         self._lora_active = False
         self._encode_cache: Dict[tuple, tuple] = {}
         self._setup(model)
         return model
+
+    def checkpoint_frozen(self) -> None:
+        """transformers checkpoints a layer only while that layer is in train mode: flag the checkpointed decoder
+        layers alone as training (their attention, MLP and dropout submodules stay in eval mode, so nothing
+        random happens), so input-gradient steps recompute activations instead of storing them. The next
+        ``model.train(...)`` (leaving :meth:`frozen`) resets the flags."""
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        for module in self.model.modules():
+            if isinstance(module, GradientCheckpointingLayer) and getattr(module, "gradient_checkpointing", False):
+                module.training = True
+
+    def load_model(self, model_class: type) -> torch.nn.Module:
+        """The transformers model of ``self.path`` (``model_class.from_pretrained``, local files only, in the
+        surrogate's dtype). A subclass may build it another way, e.g. with random weights from the folder's
+        config for a memory and speed check at a real model's size (``benchmarks/gpu_check.py``)."""
+        return model_class.from_pretrained(self.path, local_files_only=True, dtype=self.dtype)
 
     def _setup(self, model: torch.nn.Module) -> None:
         """Family hook run once after loading (read processor settings, token ids)."""
@@ -410,7 +426,9 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
             raise ValueError(f"image_index out of range for {images.shape[0]} images")
         used, local = torch.unique(index, return_inverse=True)
         groups = torch.zeros_like(local) if embedding_grad else local
-        start = self.shared_prefix_length(batch, groups) if self.prefix_cache else 0
+        # checkpointed layers drop the KV cache while gradients are recorded: no shared prefix then
+        checkpointing = self.gradient_checkpointing and torch.is_grad_enabled()
+        start = self.shared_prefix_length(batch, groups) if self.prefix_cache and not checkpointing else 0
         if not start:
             return self.run(images[index], batch, attention_layers=attention_layers, embedding_grad=embedding_grad)
         n, length = batch.input_ids.shape
