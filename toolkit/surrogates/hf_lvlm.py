@@ -152,6 +152,10 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         model = self.load_model(getattr(transformers, self.model_class))
+        if self.gradient_checkpointing and "attentions" in self.capabilities:
+            # a checkpointed layer is recomputed during backward, after run() has switched eager attention off
+            # again, and a recompute with another kernel does not match the forward: stay eager throughout
+            model.set_attn_implementation("eager")
         self._lora_active = False
         self._encode_cache: Dict[tuple, tuple] = {}
         self._setup(model)
