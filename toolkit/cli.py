@@ -54,6 +54,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_protect(args: argparse.Namespace) -> int:
+    from .distributed import launched_by_torchrun, process_group
+
+    # --distributed, or a torchrun launch of several processes: one data-parallel protection (rank 0 writes)
+    if args.distributed or (launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1):
+        with process_group(args.device) as (world, device):
+            if world is not None and not world.is_main:  # rank 0 alone logs and shows progress
+                logging.getLogger().setLevel(logging.WARNING)
+            return _protect(args, device, world is None or world.is_main)
+    return _protect(args, args.device, True)
+
+
+def _protect(args: argparse.Namespace, device: str, main: bool) -> int:
+    """``mmguard protect`` in this process on ``device``; only the ``main`` process writes the release."""
     from .defenses import DEFENSES
     from .data import load_dataset
     from .release import check_release_target, write_release
@@ -75,13 +88,15 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     out = check_release_target(args.out, dataset, args.overwrite)  # before the expensive part
     # a typed "\n" (shell quotes keep it literal) means a newline
     extra = {"prompt_template": args.prompt_template.replace("\\n", "\n")} if args.prompt_template is not None else {}
-    surrogates = [load_surrogate(p, device=args.device, dtype=args.dtype, **extra) for p in args.surrogate or []]
+    surrogates = [load_surrogate(p, device=device, dtype=args.dtype, **extra) for p in args.surrogate or []]
     if args.weights is not None:
         from .surrogates import Ensemble
 
         weights = [parse_number(w) for w in args.weights.split(",")]
         surrogates = [Ensemble(surrogates, weights)]
-    protection = defense.protect(dataset, surrogates, progress=not args.quiet, checkpoint=args.checkpoint)
+    protection = defense.protect(dataset, surrogates, progress=main and not args.quiet, checkpoint=args.checkpoint)
+    if not main:
+        return 0
     path = write_release(protection, out, overwrite=args.overwrite, layout=args.format)
     print(f"protected {len(dataset)} samples with {args.defense} in {protection.seconds:.1f} s -> {path} "
           f"({args.format} layout)")
@@ -344,8 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="comma-separated ensemble weights, one per --surrogate (default: uniform average)")
     protect.add_argument("--checkpoint", default=None,
                          help="file for per-round state; rerunning with it resumes an interrupted run")
-    protect.add_argument("--device", default="cpu")
+    protect.add_argument("--device", default="cpu",
+                         help="cpu, cuda or cuda:K (distributed: every rank uses cuda:LOCAL_RANK)")
     protect.add_argument("--dtype", default="float32")
+    protect.add_argument("--distributed", action="store_true",
+                         help="data-parallel protection over the processes torchrun starts (gloo on CPU, nccl on "
+                              "CUDA; rank 0 writes the release): torchrun --nproc-per-node N -m toolkit.cli "
+                              "protect --distributed ... (a torchrun launch of N > 1 processes implies it)")
     protect.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     protect.add_argument("--stream", action="store_true",
                          help="decode images from their files on access instead of holding them, and keep a "

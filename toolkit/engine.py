@@ -116,13 +116,25 @@ def pgd(objective: Callable[[torch.Tensor], torch.Tensor], delta: torch.Tensor, 
     return delta
 
 
-def train_step(loss_fn: LossFn, optimizer: torch.optim.Optimizer, pixels: torch.Tensor,
-               samples: Sequence[VQASample], max_grad_norm: float = 1.0) -> float:
-    """One optimiser step on the mean per-sample loss; returns the loss value."""
+def train_step(loss_fn: LossFn, optimizer: torch.optim.Optimizer, pixels: Optional[torch.Tensor],
+               samples: Sequence[VQASample], max_grad_norm: float = 1.0,
+               reduce_grads: Optional[Callable[[List[torch.nn.Parameter]], None]] = None) -> float:
+    """One optimiser step on the mean per-sample loss; returns the loss value.
+
+    ``reduce_grads`` (data-parallel training, see :meth:`toolkit.distributed.World.average_gradients`)
+    receives the optimiser's parameters after the backward pass and before clipping, to combine the
+    gradients of every process's part of the batch; with it, an empty part (no samples, ``pixels`` None)
+    runs no forward pass and contributes no gradient.
+    """
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(pixels, samples).mean()
-    loss.backward()
+    if len(samples) or reduce_grads is None:
+        loss = loss_fn(pixels, samples).mean()
+        loss.backward()
+    else:
+        loss = torch.zeros(())
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    if reduce_grads is not None:
+        reduce_grads(params)
     if max_grad_norm:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()

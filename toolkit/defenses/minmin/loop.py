@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from ...checkpoint import RunCheckpoint, fingerprint
 from ...data import VQASample
+from ...distributed import World, current_world
 from ...engine import (TrainState, adapted, clamp_pixels, make_generator, pgd, project, shape_batches,
                       train_step)
 from ...pixel_transforms import EOT, low_pass
@@ -197,7 +198,14 @@ class MinMinDefense(Defense):
             return
         draws = cfg.eot_samples if self.eot else 1
         pgd_idx = torch.randperm(n, generator=gen)[:max(1, int(round(cfg.pgd_fraction * n)))]
-        for idx in shape_batches(pert.shapes, cfg.pgd_batch_size, indices=pgd_idx):
+        batches = shape_batches(pert.shapes, cfg.pgd_batch_size, indices=pgd_idx)
+        # data-parallel: per-sample deltas are stepped by the batch's owner only (class-wise deltas are one
+        # variable every batch steps in turn, so every rank steps every batch, identically)
+        shard = run.world is not None and not pert.classwise
+        for k, idx in enumerate(batches):
+            if shard and not run.world.owns(k):
+                self.replay_image_draws(run, idx)
+                continue
             samples, _ = pert.batch_samples(idx)
             samples = self.step_samples(run, samples)
             xb, labels = pert.clean(idx), pert.labels[idx]
@@ -210,6 +218,21 @@ class MinMinDefense(Defense):
                           step_size=cfg.step_size, steps=cfg.pgd_steps, samples=draws,
                           project_fn=lambda d: self.project_step(d, xb))
                 pert.set_deltas(idx, new)
+        if shard:
+            run.world.share_tensors(pert.delta, batches)
+
+    def replay_image_draws(self, run: MinMinRun, idx: torch.Tensor) -> None:
+        """Draw from ``run.gen`` exactly what :meth:`image_step` draws for the batch ``idx``, without computing
+        anything: a rank of a data-parallel run skips the batches other ranks step but keeps the generator
+        in step with theirs (and with the single-process run). The default replays :meth:`step_samples`
+        (MEM's caption shuffle) and the ``eot`` draws (``pgd_steps`` x ``eot_samples`` calls of
+        :meth:`eot_objective`); a subclass whose :meth:`objective` draws from ``run.gen`` must replay those
+        draws here too."""
+        cfg = self.config
+        samples, _ = run.pert.batch_samples(idx)
+        self.step_samples(run, samples)
+        for _ in range(cfg.pgd_steps * (cfg.eot_samples if self.eot else 1)):
+            self.eot.draw(run.gen)
 
     def trigger_pass(self, run: MinMinRun, indices: torch.Tensor, candidates: int,
                      loss_fn: Optional[TriggerLoss] = None, batch_size: int = 32,
@@ -218,20 +241,51 @@ class MinMinDefense(Defense):
         :func:`~.hotflip.trigger_pass`; ``loss_fn`` defaults to :meth:`trigger_objective`). The counts
         (``changed``, ``loss_before``, ``loss_after``) are returned and recorded in ``run.stats`` with a
         ``trigger_`` prefix."""
-        stats = trigger_pass(run.surrogates, run.pert, indices, candidates,
-                             loss_fn=loss_fn or self.trigger_objective(run), batch_size=batch_size, descend=descend,
-                             who=f"defense {self.name!r} (trigger search)", single_token=single_token)
+        search = dict(loss_fn=loss_fn or self.trigger_objective(run), batch_size=batch_size, descend=descend,
+                      who=f"defense {self.name!r} (trigger search)", single_token=single_token)
+        if run.world is None:
+            stats = trigger_pass(run.surrogates, run.pert, indices, candidates, **search)
+        else:
+            stats = self.shared_trigger_pass(run, indices, candidates, search)
         run.stats.update({f"trigger_{k}": v for k, v in stats.items()})
         return stats
+
+    def shared_trigger_pass(self, run: MinMinRun, indices: torch.Tensor, candidates: int,
+                            search: Dict[str, Any]) -> Dict[str, float]:
+        """:meth:`trigger_pass` in a data-parallel run: the pass's batches (those of one process, so every
+        sample is searched in the batch it would be in one process) are dealt to the ranks, each rank
+        searches its own batches' triggers, and the triggers (and natural-insertion positions) are
+        all-gathered. The counts are summed over the ranks, the mean losses weighted by slot visits."""
+        world, pert = run.world, run.pert
+        batches = shape_batches(pert.shapes, search["batch_size"], indices=indices)
+        mine = [idx for k, idx in enumerate(batches) if world.owns(k)]
+        items = torch.cat(mine).tolist() if mine else []
+        visits = sum(len(pert.triggers[i]) for i in items)
+        stats = {"changed": 0, "loss_before": 0.0, "loss_after": 0.0, "rejected": 0}
+        if items:
+            stats = trigger_pass(run.surrogates, pert, torch.tensor(items), candidates, **search)
+        world.share_objects(pert.triggers, items)
+        if pert.positions is not None:
+            world.share_objects(pert.positions, items)
+        parts = world.gather_objects((visits, stats))
+        total = max(1, sum(v for v, _ in parts))
+        return {"changed": sum(st["changed"] for _, st in parts),
+                "loss_before": sum(v * st["loss_before"] for v, st in parts) / total,
+                "loss_after": sum(v * st["loss_after"] for v, st in parts) / total,
+                "rejected": sum(st["rejected"] for _, st in parts)}
 
     # ------------------------------------------------------------------ main loop
     def _protect(self, dataset, surrogates, progress, checkpoint=None):
         cfg = self.config
         run = self.begin(dataset, surrogates)
+        run.world = world = current_world()
+        main = world is None or world.is_main
         pert, gen = run.pert, run.gen
         devices = [s.device for s in surrogates]
         ckpt = RunCheckpoint(checkpoint,
                              fingerprint({"defense": self.name, **cfg.to_dict()}, dataset, surrogates))
+        if world is not None:
+            world.check_same(ckpt.key, "the data, defense config and surrogates")
         n = len(pert)
         loras = self.lora_settings(surrogates) if cfg.train_mode == "lora" else [None] * len(surrogates)
         history: List[Dict[str, float]] = []
@@ -253,9 +307,10 @@ class MinMinDefense(Defense):
                         for p, v in zip(st.params, values):
                             p.copy_(v.to(p.device, p.dtype))
                     opt.load_state_dict(opt_state)
-                log.info("%s: resumed from %s after round %d", self.name, ckpt.path, start_round)
+                if main:
+                    log.info("%s: resumed from %s after round %d", self.name, ckpt.path, start_round)
             bar = tqdm(range(start_round, cfg.rounds if not converged else start_round), desc=self.name,
-                       disable=not progress, leave=False)
+                       disable=not (progress and main), leave=False)
             for rnd in bar:
                 run.round, run.stats = rnd, {}
                 with _seeded(int(torch.randint(0, 2 ** 31 - 1, (), generator=gen)), devices):
@@ -269,9 +324,15 @@ class MinMinDefense(Defense):
                     for s, opt, st in zip(surrogates, optimizers, states):
                         with s.training(st.params):
                             for idx in self.train_batches(pert, stream, gen):
-                                samples, _ = pert.batch_samples(idx)
-                                train_step(lambda px, smp: s.loss(self.train_pixels(run, s, px, smp), smp), opt,
-                                           pert.pixels(idx), samples)
+                                loss_fn = lambda px, smp: s.loss(self.train_pixels(run, s, px, smp), smp)  # noqa: E731
+                                if world is None:
+                                    samples, _ = pert.batch_samples(idx)
+                                    train_step(loss_fn, opt, pert.pixels(idx), samples)
+                                else:  # this rank's slice of the batch; gradients averaged over the ranks
+                                    part, share = world.split_batch(idx)
+                                    samples, _ = pert.batch_samples(part)
+                                    train_step(loss_fn, opt, pert.pixels(part) if len(part) else None, samples,
+                                               reduce_grads=lambda ps, share=share: world.average_gradients(ps, share))
                     # (b) perturbation step(s) against the frozen, adapted surrogate(s)
                     with _frozen_all(surrogates):
                         run.new_step()
@@ -280,20 +341,22 @@ class MinMinDefense(Defense):
                         self.text_step(run)
                         run.new_step()
                         # (c) score protected vs clean on a fixed subset
-                        stats = {**self._score(surrogates, pert, eval_idx), **run.stats}
+                        stats = {**self._score(surrogates, pert, eval_idx, world), **run.stats}
                     run.new_step()
                 stats["round"] = rnd + 1
                 history.append(stats)
                 bar.set_postfix(acc=f"{stats['accuracy']:.2f}", clean=f"{stats['clean_accuracy']:.2f}",
                                 loss=f"{stats['loss']:.3f}")
-                log.info("%s round %d: %s", self.name, rnd + 1, stats)
+                if main:
+                    log.info("%s round %d: %s", self.name, rnd + 1, stats)
                 converged = (stats["accuracy"] >= cfg.stop_accuracy
                              and stats["clean_accuracy"] <= cfg.stop_clean_accuracy) or stats["loss"] < cfg.stop_loss
-                ckpt.save({"round": rnd + 1, "converged": converged, "history": history,
-                           "perturbation": pert.state_dict(), "generator": gen.get_state(),
-                           "queue": stream.pending(),
-                           "params": [[p.detach().cpu() for p in st.params] for st in states],
-                           "optimizers": [opt.state_dict() for opt in optimizers]})
+                if main:  # every rank holds the same state; rank 0 writes it
+                    ckpt.save({"round": rnd + 1, "converged": converged, "history": history,
+                               "perturbation": pert.state_dict(), "generator": gen.get_state(),
+                               "queue": stream.pending(),
+                               "params": [[p.detach().cpu() for p in st.params] for st in states],
+                               "optimizers": [opt.state_dict() for opt in optimizers]})
                 if converged:
                     break
         info: Dict[str, Any] = {"rounds": len(history), "converged": converged, "history": history}
@@ -304,9 +367,14 @@ class MinMinDefense(Defense):
                         info=info)
 
     @torch.no_grad()
-    def _score(self, surrogates, pert: Perturbation, eval_idx: torch.Tensor) -> Dict[str, float]:
+    def _score(self, surrogates, pert: Perturbation, eval_idx: torch.Tensor,
+               world: Optional[World] = None) -> Dict[str, float]:
         accs, clean_accs, losses = [], [], []
-        for idx in shape_batches(pert.shapes, self.config.pgd_batch_size, indices=eval_idx):
+        for k, idx in enumerate(shape_batches(pert.shapes, self.config.pgd_batch_size, indices=eval_idx)):
+            if world is not None and not world.owns(k):  # another rank's batch: zeros, its values summed in below
+                for out in (losses, accs, clean_accs):
+                    out.extend(torch.zeros(len(idx)) for _ in surrogates)
+                continue
             samples, _ = pert.batch_samples(idx)
             clean = [pert.samples[i] for i in idx.tolist()]
             for s in surrogates:
@@ -315,5 +383,9 @@ class MinMinDefense(Defense):
                 losses.append(loss.float().cpu())
                 accs.append(correct.float().cpu())
                 clean_accs.append(clean_correct.float().cpu())
+        if world is not None:  # every value is filled by exactly one rank, so the sum is exact
+            accs, clean_accs, losses = world.sum(torch.stack([torch.cat(accs), torch.cat(clean_accs),
+                                                              torch.cat(losses)])).unbind(0)
+            accs, clean_accs, losses = [accs], [clean_accs], [losses]
         return {"accuracy": float(torch.cat(accs).mean()), "clean_accuracy": float(torch.cat(clean_accs).mean()),
                 "loss": float(torch.cat(losses).mean())}

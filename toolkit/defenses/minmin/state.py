@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ...data import VQASample
+from ...distributed import World
 from ...engine import dataset_pixels, gather
 from ...surrogates.base import Surrogate
 from ...surrogates.ensemble import weighted_members
@@ -410,6 +411,8 @@ class MinMinRun:
             ``info["history"]``. Cleared at the start of every round.
         step_cache: scratch valid while the surrogates are frozen for one step (e.g. CRS's clean passes);
             the loop clears it before the image step, the text step and the scoring.
+        world: the process group of a data-parallel run (:class:`~toolkit.distributed.World`), or None in
+            one process; the loop splits the work by it, hooks need not look at it.
     """
 
     surrogates: List[Surrogate]
@@ -418,6 +421,7 @@ class MinMinRun:
     round: int = 0
     stats: Dict[str, float] = field(default_factory=dict)
     step_cache: Dict[str, Any] = field(default_factory=dict)
+    world: Optional[World] = None
 
     @property
     def weighted(self) -> List[Tuple[Surrogate, float]]:
