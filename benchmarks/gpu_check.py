@@ -1,4 +1,5 @@
-"""Short GPU check: every tiny family on CUDA in bfloat16, plus protect-step timings (a few minutes).
+"""Short GPU check: every tiny family on CUDA in bfloat16, plus protect-step timings, plus two models at their
+real sizes (under 10 minutes on one H200).
 
     .venv/bin/python benchmarks/gpu_check.py --device cuda --out gpu_check.json
 
@@ -9,6 +10,12 @@ gradient finite and non-zero, run greedy ``answer`` where the family generates,
 and time one PGD protect step against the bare forward+backward (median of 5,
 with CUDA synchronisation). Exits 1 if any family fails; writes a JSON report.
 Runs on CPU too (``--device cpu``) for a dry run.
+
+Then (``--real``, default both) random-init LLaVA-1.5-7B and Qwen2.5-VL-7B with their published configs
+(``real_configs.py``: no weights needed), each with gradient checkpointing off and on: the protect step vs
+bare forward+backward, one MMGuard-BPH round per sample (5-word trigger, 8 candidates per slot) as seconds
+and as a multiple of a bare forward+backward per sample, and peak memory. ``--real-scale dry`` keeps
+their geometry with tiny widths (a CPU dry run in about a minute); ``--real none`` skips them.
 """
 from __future__ import annotations
 
@@ -78,7 +85,16 @@ def main() -> int:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--out", default="gpu_check.json")
+    parser.add_argument("--real", default="all", help="real-size models to check: all, none or a comma list of "
+                        "llava-1.5-7b, qwen2.5-vl-7b")
+    parser.add_argument("--real-scale", choices=("real", "dry"), default="real")
+    parser.add_argument("--real-samples", type=int, default=4)
     args = parser.parse_args()
+    from real_configs import REAL_CONFIGS
+
+    unknown = [] if args.real in ("all", "none") else [n for n in args.real.split(",") if n not in REAL_CONFIGS]
+    if unknown:
+        parser.error(f"--real: unknown model(s) {', '.join(unknown)}; known: {', '.join(REAL_CONFIGS)}")
 
     import torch
 
@@ -109,8 +125,23 @@ def main() -> int:
                        "trace": traceback.format_exc(limit=3)}
             report["families"].append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "trace"}), flush=True)
+        from real_configs import check_real_config
+
+        names = [] if args.real == "none" else list(REAL_CONFIGS) if args.real == "all" else args.real.split(",")
+        report["real_configs"] = []
+        for name in names:
+            try:
+                row = check_real_config(name, Path(tmp), args.device, args.dtype, args.real_scale, args.real_samples)
+                row["ok"] = True
+            except Exception as exc:  # report, then fail
+                failed += 1
+                row = {"model": name, "ok": False, "error": f"{type(exc).__name__}: {exc}",
+                       "trace": traceback.format_exc(limit=3)}
+                print(json.dumps({k: v for k, v in row.items() if k != "trace"}), flush=True)
+            report["real_configs"].append(row)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"{len(report['families']) - failed}/{len(report['families'])} families passed -> {args.out}")
+    total = len(report["families"]) + len(report["real_configs"])
+    print(f"{total - failed}/{total} checks passed (tiny families and real-size models) -> {args.out}")
     return 1 if failed else 0
 
 
