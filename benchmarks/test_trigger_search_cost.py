@@ -6,7 +6,7 @@ input, patch 8), the share of the sequence LLaVA-1.5's 576 image tokens take, so
 shared-prefix KV cache meets the geometry it is built for. One round: one surrogate training step, one PGD
 step, one HotFlip pass over a 5-word trigger with 8 candidates per slot (40 exact candidate forwards per
 sample), scoring 8 samples. Both clocks are the process's CPU time, each the minimum of several runs in the
-same process, so other jobs on the machine move the ratio little. ``extra_info``: seconds per sample and the
+same process on one thread, so other jobs on the machine move the ratio little. ``extra_info``: seconds per sample and the
 ratio (issue 18 aims: BPH <= 15x, CRS <= 20x).
 """
 import time
@@ -26,8 +26,17 @@ ROUND = {"rounds": 1, "train_steps": 1, "pgd_steps": 1, "batch_size": N, "pgd_ba
          "max_trigger_tokens": 5, "trigger_candidates": 8}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """CPU time is only a fair clock on one thread (several threads spin and wait on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module", params=list(GEOMETRY))
-def setting(request, tmp_path_factory):
+def setting(request, tmp_path_factory, one_thread):
     size = GEOMETRY[request.param]
     model = load_surrogate(build_tiny_llava(tmp_path_factory.mktemp("trigger-cost") / "llava", image_size=size))
     train, _ = load_digits_vqa(image_size=size, seed=0)
@@ -41,12 +50,12 @@ def setting(request, tmp_path_factory):
             torch.autograd.grad(model.loss(x + d, samples).sum(), d)
             return time.process_time() - start
     bare()
-    return request.param, model, samples, min(bare() for _ in range(4)) / N
+    return request.param, model, samples, bare
 
 
 @pytest.mark.parametrize("name", ["mmguard_bph", "mmguard_crs"])
 def test_trigger_round_cost(benchmark, setting, name):
-    geometry, model, samples, bare_per_sample = setting
+    geometry, model, samples, bare = setting
     data = VQADataset(samples, name="bench")
     defense = DEFENSES.create(name, **ROUND)
 
@@ -60,8 +69,10 @@ def test_trigger_round_cost(benchmark, setting, name):
         one_round()  # warm-up (tokeniser caches, LoRA attach)
     out, first = benchmark.pedantic(one_round, rounds=1, iterations=1)
     assert len(out.dataset) == N and all(s.question != c.question for s, c in zip(out.dataset, samples))
-    if timed:  # two more runs, keep the fastest
+    if timed:  # two more runs, keep the fastest; the bare step's fastest of 8 runs around them
+        before = [bare() for _ in range(4)]
         cpu = [first] + [one_round()[1] for _ in range(2)]
+        bare_per_sample = min(before + [bare() for _ in range(4)]) / N
         per_sample = min(cpu) / N
         ratio = per_sample / bare_per_sample
         benchmark.extra_info.update(geometry=geometry, seconds_per_sample_round=per_sample,
