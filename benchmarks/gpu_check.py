@@ -29,7 +29,8 @@ import traceback
 from pathlib import Path
 
 
-def _timed(fn, device, repeats=5):
+def timed(fn, device, repeats=5):
+    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call (CUDA synchronised)."""
     import torch
 
     fn()
@@ -70,7 +71,7 @@ def check_family(family: str, folder: Path, device: str, dtype: str, x, samples)
             return pgd(lambda d: s.loss(x + d, samples).sum(), torch.zeros_like(x), step_size=2 / 255, steps=1,
                        project_fn=lambda d: project(d, x, 8 / 255))
 
-        t_bare, t_step = _timed(bare, device), _timed(step, device)
+        t_bare, t_step = timed(bare, device), timed(step, device)
     answers = None
     if "generate" in s.capabilities:
         answers = s.answer(x[:2], [q.question for q in samples[:2]], max_new_tokens=2)

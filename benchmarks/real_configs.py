@@ -15,7 +15,6 @@ widths, so the same code runs in seconds on a CPU (the test suite's dry run).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -117,26 +116,13 @@ def check_real_config(name: str, tmp: Path, device: str, dtype: str, scale: str 
     from toolkit.digits import load_digits_vqa
     from toolkit.engine import pgd, project
 
+    from gpu_check import timed
+
     folder, side = build_real_config_folder(name, tmp / name, scale)
     train, _ = load_digits_vqa(image_size=side, seed=0, limit=64)
     samples = list(train)[:n]
     x = images_to_tensor([s.image for s in samples])
     cuda = device.startswith("cuda")
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
-    def timed(fn, repeats=3):
-        fn()
-        best = float("inf")
-        for _ in range(repeats):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            best = min(best, time.perf_counter() - start)
-        return best
 
     row: Dict[str, Any] = {"model": name, "scale": scale, "image_side": side, "n": n}
     for ckpt in (False, True):
@@ -154,20 +140,20 @@ def check_real_config(name: str, tmp: Path, device: str, dtype: str, scale: str 
                 return pgd(lambda d: s.loss(x + d, samples).sum(), torch.zeros_like(x), step_size=2 / 255, steps=1,
                            project_fn=lambda d: project(d, x, 8 / 255))
 
-            t_bare, t_step = timed(bare), timed(step)
+            t_bare, t_step = timed(bare, device, 3), timed(step, device, 3)
         step_peak = torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         defense = DEFENSES.create("mmguard_bph", rounds=1, train_steps=1, pgd_steps=1, batch_size=2, pgd_batch_size=n,
                                   eval_size=n, max_trigger_tokens=5, trigger_candidates=8)
         data = VQADataset(samples, name="real-config")
-        t_round = timed(lambda: defense.protect(data, [s]), repeats=1)
+        t_round = timed(lambda: defense.protect(data, [s]), device, 1)
         key = "ckpt_on" if ckpt else "ckpt_off"
         row[key] = {"bare_ms_per_sample": 1e3 * t_bare / n, "protect_step_ratio": t_step / t_bare,
                     "bph_round_s_per_sample": t_round / n, "bph_round_ratio": t_round / t_bare,
                     "peak_mib_protect_step": step_peak,
                     "peak_mib_bph_round": torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None}
-        del s
+        s = None  # free the model before the next one is built
         if cuda:
             torch.cuda.empty_cache()
     print(json.dumps(row), flush=True)

@@ -51,3 +51,28 @@ def llava_json(tmp_path):
         (root / "train.json").write_text(json.dumps(records))
         return root / "train.json"
     return write
+
+
+@pytest.fixture()
+def crash_then_resume(monkeypatch):
+    """``crash_then_resume(make, data, surrogates, checkpoint)``: run ``make().protect`` with ``checkpoint``
+    and an interruption during round 2's scoring (the run must fail and leave the checkpoint), then run it
+    again on the same checkpoint uninterrupted and return that resumed protection."""
+    from toolkit.defenses.minmin import MinMinDefense
+
+    def run(make, data, surrogates, checkpoint):
+        original, calls = MinMinDefense._score, {"n": 0}
+
+        def crashing(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise RuntimeError("simulated interruption in round 2")
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(MinMinDefense, "_score", crashing)
+        with pytest.raises(RuntimeError, match="simulated interruption"):
+            make().protect(data, surrogates, checkpoint=checkpoint)
+        assert checkpoint.is_file()
+        monkeypatch.setattr(MinMinDefense, "_score", original)
+        return make().protect(data, surrogates, checkpoint=checkpoint)
+    return run

@@ -135,22 +135,10 @@ def test_identity_eot_reproduces_plain_pgd_bit_for_bit(name, extra, data, llava)
     assert not _same(plain, robust)
 
 
-def test_eot_run_resumes_to_the_uninterrupted_result(data, llava, tmp_path, monkeypatch):
+def test_eot_run_resumes_to_the_uninterrupted_result(data, llava, tmp_path, crash_then_resume):
     make = lambda: DEFENSES.create("emn", **{**SMALL, "rounds": 3, "eot": ROBUST, "eot_samples": 2})  # noqa: E731
     full = make().protect(data, [llava])
-    original, calls = MinMinDefense._score, {"n": 0}
-
-    def crashing(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated interruption")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(MinMinDefense, "_score", crashing)
-    with pytest.raises(RuntimeError, match="simulated"):
-        make().protect(data, [llava], checkpoint=tmp_path / "run.pt")
-    monkeypatch.setattr(MinMinDefense, "_score", original)
-    assert _same(full, make().protect(data, [llava], checkpoint=tmp_path / "run.pt"))
+    assert _same(full, crash_then_resume(make, data, [llava], tmp_path / "run.pt"))
 
 
 def test_low_pass_is_a_projection_onto_the_band():

@@ -21,10 +21,6 @@ EXTRA = {"emn": {}, "tue": {}, "rem": {"adv_steps": 1},
 NAMES = {"emn_lora": "emn"}
 
 
-class Crash(RuntimeError):
-    pass
-
-
 @pytest.fixture()
 def data(digits_small):
     return digits_small[0][:10]
@@ -35,26 +31,12 @@ def _same(a, b):
 
 
 @pytest.mark.parametrize("key", sorted(EXTRA))
-def test_resume_equals_uninterrupted(key, data, llava, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(key, data, llava, tmp_path, crash_then_resume):
     name = NAMES.get(key, key)
     make = lambda: DEFENSES.create(name, **{**SMALL, **EXTRA[key]})  # noqa: E731
     full = make().protect(data, [llava])
-    original = MinMinDefense._score
-    calls = {"n": 0}
-
-    def crashing(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise Crash("simulated interruption in round 2")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(MinMinDefense, "_score", crashing)
     ckpt = tmp_path / "run.pt"
-    with pytest.raises(Crash):
-        make().protect(data, [llava], checkpoint=ckpt)
-    assert ckpt.is_file()
-    monkeypatch.setattr(MinMinDefense, "_score", original)
-    resumed = make().protect(data, [llava], checkpoint=ckpt)
+    resumed = crash_then_resume(make, data, [llava], ckpt)
     assert resumed.info["rounds"] == full.info["rounds"] == 3
     assert _same(full, resumed)
     assert [h["loss"] for h in resumed.info["history"]] == pytest.approx([h["loss"] for h in full.info["history"]])

@@ -9,7 +9,6 @@ import torch
 from toolkit import DEFENSES
 from toolkit.cli import main
 from toolkit.data import DataError, ImageFile, LazyVQASample, VQASample, load_dataset
-from toolkit.defenses.minmin import MinMinDefense
 from toolkit.defenses.minmin.state import CleanPixels, DiskDeltas
 from toolkit.release import read_release
 
@@ -49,25 +48,12 @@ def test_disk_store_gives_the_memory_stores_release(key, data, llava):
     assert half.config["store"] == "disk" and "store" not in memory.config  # the default manifest is unchanged
 
 
-def test_disk_store_resumes_from_a_checkpoint(data, llava, tmp_path, monkeypatch):
+def test_disk_store_resumes_from_a_checkpoint(data, llava, tmp_path, crash_then_resume):
     make = lambda: DEFENSES.create("emn", **SMALL, init="uniform", store="disk", store_dtype="uint8",  # noqa: E731
                                    store_dir=str(tmp_path))
     full = make().protect(data, [llava])
-    original = MinMinDefense._score
-    calls = {"n": 0}
-
-    def crashing(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated interruption in round 2")
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(MinMinDefense, "_score", crashing)
     ckpt = tmp_path / "run.pt"
-    with pytest.raises(RuntimeError, match="simulated"):
-        make().protect(data, [llava], checkpoint=ckpt)
-    monkeypatch.setattr(MinMinDefense, "_score", original)
-    resumed = make().protect(data, [llava], checkpoint=ckpt)
+    resumed = crash_then_resume(make, data, [llava], ckpt)
     assert resumed.info["rounds"] == full.info["rounds"] == 2 and _same(full, resumed)
     # a memory-store run may not pick up a disk-store checkpoint (its fingerprint differs)
     with pytest.raises(ValueError):
