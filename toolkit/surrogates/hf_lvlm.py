@@ -477,9 +477,11 @@ class HFVisionLanguageSurrogate(Reinitializable, Surrogate):
         same = valid & (ids == ids[ref])
         for v in batch.extras.values():
             same &= v == v[ref]
+        scored = self._scored_positions(batch)
+        if not len(scored):
+            return 0
         differs = (~same.all(0)).nonzero()
-        start = int(differs[0]) if len(differs) else ids.shape[1]
-        start = min(start, int(self._scored_positions(batch)[0]))
+        start = min(int(differs[0]) if len(differs) else ids.shape[1], int(scored[0]))
         images = batch.image_mask.any(0).nonzero()
         if not len(images) or start <= int(images[-1]):
             return 0
