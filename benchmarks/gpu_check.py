@@ -46,11 +46,28 @@ def timed(fn, device, repeats=5):
     return statistics.median(times)
 
 
+def protect_step_timings(s, x, samples, device, repeats=5):
+    """(bare input-gradient forward+backward, one PGD protect step) median seconds on the frozen surrogate
+    ``s`` for pixels ``x`` (N, 3, H, W) and their samples (call inside ``s.frozen()``)."""
+    import torch
+
+    from toolkit.engine import pgd, project
+
+    def bare():
+        d = torch.zeros_like(x, requires_grad=True)
+        return torch.autograd.grad(s.loss(x + d, samples).sum(), d)
+
+    def step():
+        return pgd(lambda d: s.loss(x + d, samples).sum(), torch.zeros_like(x), step_size=2 / 255, steps=1,
+                   project_fn=lambda d: project(d, x, 8 / 255))
+
+    return timed(bare, device, repeats), timed(step, device, repeats)
+
+
 def check_family(family: str, folder: Path, device: str, dtype: str, x, samples) -> dict:
     """Load one tiny family on ``device`` and measure it; raises on a failed check."""
     import torch
 
-    from toolkit.engine import pgd, project
     from toolkit.surrogates import load_surrogate
 
     s = load_surrogate(folder, device=device, dtype=dtype)
@@ -63,15 +80,7 @@ def check_family(family: str, folder: Path, device: str, dtype: str, x, samples)
         if not (torch.isfinite(g).all() and g.abs().sum() > 0):
             raise AssertionError("image gradient is zero or non-finite")
 
-        def bare():
-            d = torch.zeros_like(x, requires_grad=True)
-            return torch.autograd.grad(s.loss(x + d, samples).sum(), d)
-
-        def step():
-            return pgd(lambda d: s.loss(x + d, samples).sum(), torch.zeros_like(x), step_size=2 / 255, steps=1,
-                       project_fn=lambda d: project(d, x, 8 / 255))
-
-        t_bare, t_step = timed(bare, device), timed(step, device)
+        t_bare, t_step = protect_step_timings(s, x, samples, device)
     answers = None
     if "generate" in s.capabilities:
         answers = s.answer(x[:2], [q.question for q in samples[:2]], max_new_tokens=2)

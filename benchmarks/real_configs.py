@@ -114,9 +114,8 @@ def check_real_config(name: str, tmp: Path, device: str, dtype: str, scale: str 
     from toolkit import DEFENSES
     from toolkit.data import VQADataset, images_to_tensor
     from toolkit.digits import load_digits_vqa
-    from toolkit.engine import pgd, project
 
-    from gpu_check import timed
+    from gpu_check import protect_step_timings, timed
 
     folder, side = build_real_config_folder(name, tmp / name, scale)
     train, _ = load_digits_vqa(image_size=side, seed=0, limit=64)
@@ -132,15 +131,7 @@ def check_real_config(name: str, tmp: Path, device: str, dtype: str, scale: str 
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         with s.frozen():
-            def bare():
-                d = torch.zeros_like(x, requires_grad=True)
-                return torch.autograd.grad(s.loss(x + d, samples).sum(), d)
-
-            def step():
-                return pgd(lambda d: s.loss(x + d, samples).sum(), torch.zeros_like(x), step_size=2 / 255, steps=1,
-                           project_fn=lambda d: project(d, x, 8 / 255))
-
-            t_bare, t_step = timed(bare, device, 3), timed(step, device, 3)
+            t_bare, t_step = protect_step_timings(s, x, samples, device, repeats=3)
         step_peak = torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None
         if cuda:
             torch.cuda.reset_peak_memory_stats()
