@@ -3,6 +3,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from toolkit.attention import align_to_protected, attention_rows, mass_loss
 
@@ -47,3 +49,40 @@ def test_align_zero_pads_trigger_positions():
     p_ids2 = torch.tensor([[1, 9, 9, 7, 3, 4, 0]])
     out2 = align_to_protected(clean, c_ids, valid_c, p_ids2, valid_p, trig)
     assert torch.allclose(out2, out)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=12), st.data())
+def test_align_places_clean_rows_around_an_inserted_trigger(clean_ids, data):
+    """Protected = clean with a trigger block inserted anywhere (and right padding): every clean weight lands on
+    its own token, trigger positions get zero (the exact case of the alignment)."""
+    from toolkit.attention import align_unpadded_to_protected
+
+    at = data.draw(st.integers(0, len(clean_ids)))
+    block = data.draw(st.lists(st.integers(0, 6), min_size=1, max_size=4))
+    pad = data.draw(st.integers(0, 3))
+    prot = clean_ids[:at] + block + clean_ids[at:]
+    ids = torch.tensor([prot + [0] * pad])
+    valid = torch.tensor([[True] * len(prot) + [False] * pad])
+    trig = torch.tensor([[False] * at + [True] * len(block) + [False] * (len(clean_ids) - at + pad)])
+    src = torch.rand(len(clean_ids), dtype=torch.float64)
+    out = align_unpadded_to_protected([(src, clean_ids)], ids, valid, trig)[0]
+    assert torch.equal(out[~trig[0] & valid[0]], src) and not out[trig[0] | ~valid[0]].any()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 3), max_size=10), st.lists(st.tuples(st.integers(0, 3), st.booleans()), min_size=1,
+                                                          max_size=10))
+def test_align_never_invents_or_duplicates_mass(clean_ids, prot):
+    """Any clean / protected pair (tokens merged or split next to the trigger): nothing lands on a trigger
+    position, and the aligned row carries at most the clean row's mass (each clean weight goes to one place
+    or, with no non-trigger token in between to take it, is dropped)."""
+    from toolkit.attention import align_unpadded_to_protected
+
+    ids = torch.tensor([[p for p, _ in prot]])
+    trig = torch.tensor([[t for _, t in prot]])
+    valid = torch.ones_like(trig)
+    src = torch.rand(len(clean_ids), dtype=torch.float64)
+    out = align_unpadded_to_protected([(src, clean_ids)], ids, valid, trig)[0]
+    assert not out[trig[0]].any() and (out >= 0).all()
+    assert out.sum() <= src.sum() + 1e-12

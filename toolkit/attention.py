@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import List, Sequence, Tuple
 
+import numpy as np
 import torch
 
 __all__ = ["attention_rows", "mass_loss", "attention_mass", "tv_distance", "kl_divergence", "tv_lower_bound",
@@ -96,24 +97,22 @@ def align_unpadded_to_protected(clean: Sequence[Tuple[torch.Tensor, List[int]]],
     rows per sample (e.g. memoised across batches of other compositions)."""
     dtype, device = (clean[0][0].dtype, clean[0][0].device) if clean else (torch.float32, prot_ids.device)
     out = torch.zeros(tuple(prot_ids.shape), dtype=dtype, device=device)
-    for i, (src, c) in enumerate(clean):
-        p_pos = prot_valid[i].nonzero().squeeze(1)
-        p = prot_ids[i, p_pos].tolist()
-        a = 0
-        while a < min(len(c), len(p)) and c[a] == p[a] and not trigger[i, p_pos[a]]:
-            a += 1
-        b = 0
-        while b < min(len(c), len(p)) - a and c[-1 - b] == p[-1 - b] and not trigger[i, p_pos[-1 - b]]:
-            b += 1
-        mapping: List[int] = list(range(a))
-        middle = [j for j in range(a, len(p) - b) if not trigger[i, p_pos[j]]]
-        for k in range(a, len(c) - b):
-            pos = k - a
-            mapping.append(middle[min(pos, len(middle) - 1)] if middle else -1)
-        mapping += list(range(len(p) - b, len(p)))
-        keep = torch.tensor([m >= 0 for m in mapping], dtype=torch.bool)
-        targets = p_pos[torch.tensor([m for m in mapping if m >= 0], dtype=torch.long)]
-        out[i].index_add_(0, targets.to(out.device), src[keep.to(src.device)])
+    ids, valid, trig = prot_ids.cpu().numpy(), prot_valid.cpu().numpy(), trigger.cpu().numpy()
+    for i, (src, c_ids) in enumerate(clean):
+        p_pos = np.flatnonzero(valid[i])
+        p, t, c = ids[i, p_pos], trig[i, p_pos], np.asarray(c_ids, dtype=ids.dtype)
+        m = min(len(c), len(p))
+        same = (c[:m] == p[:m]) & ~t[:m]  # common prefix, trigger positions excluded
+        a = m if same.all() else int(same.argmin())
+        same = (c[::-1][:m - a] == p[::-1][:m - a]) & ~t[::-1][:m - a]  # common suffix within what is left
+        b = m - a if same.all() else int(same.argmin())
+        middle = a + np.flatnonzero(~t[a:len(p) - b])  # protected non-trigger positions in between
+        inner = len(c) - b - a  # clean positions in between map in order; leftovers to the last one
+        inner_map = middle[np.minimum(np.arange(inner), len(middle) - 1)] if len(middle) else np.full(inner, -1)
+        mapping = np.concatenate([np.arange(a), inner_map, np.arange(len(p) - b, len(p))]).astype(np.int64)
+        keep = mapping >= 0
+        targets = torch.as_tensor(p_pos[mapping[keep]], dtype=torch.long, device=out.device)
+        out[i].index_add_(0, targets, src[torch.as_tensor(keep, device=src.device)])
     return out
 
 
