@@ -1,6 +1,6 @@
 """Data-parallel protection (toolkit.distributed): two gloo ranks (spawned with the environment torchrun
 sets) give the one-process release, through ``mmguard protect --distributed`` (an image defense) and the
-Python API (a trigger defense); ``--distributed`` outside torchrun is refused.
+Python API (a trigger defense on LLaVA, MEM on CLIP); ``--distributed`` outside torchrun is refused.
 
 Tolerance: a released image may differ from the one-process image by at most 1/255 per pixel, and the
 triggers must be the same words. Cause: the ranks' gradients are all-reduced, so the surrogate's gradient
@@ -32,7 +32,9 @@ BASE = {"rounds": 2, "train_steps": 2, "pgd_steps": 2, "batch_size": 4, "pgd_bat
 #: docs/SCALE.md, so with dropout a distributed run is another random draw than the one-process run)
 CONFIGS = {"emn": dict(BASE),
            "mmguard_bph": {**BASE, "max_trigger_tokens": 2, "trigger_candidates": 4, "lora_dropout": 0.0,
-                           "train_unit": "steps"}}
+                           "train_unit": "steps"},
+           # on CLIP, whose contrastive training loss couples a batch's samples (not split over the ranks)
+           "mem": {**BASE, "max_trigger_tokens": 2, "trigger_candidates": 4}}
 LEVELS = 1  # the tolerance in uint8 levels (see the module docstring)
 
 
@@ -46,11 +48,11 @@ def _release(protection):
     return [s.image for s in protection.dataset], [s.question for s in protection.dataset]
 
 
-def _rank(rank, world, ports, model_dir, data, data_file, out):
+def _rank(rank, world, ports, model_dir, clip_dir, data, data_file, out):
     """One rank: ``mmguard protect --distributed`` with the image defense (rank 1 is handed its own --out,
     which must stay unwritten), then the trigger defense through the Python API in a process group of its
     own (on a second port: the first group's store may still be up while the other rank starts the second);
-    rank 0 pickles the API release to ``out``."""
+    then MEM on a CLIP surrogate in a third group; rank 0 pickles the API releases to ``out``."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(ports[0]))
     torch.set_num_threads(1)
@@ -63,8 +65,11 @@ def _rank(rank, world, ports, model_dir, data, data_file, out):
     with process_group("cpu") as (w, _):
         assert w is not None and (w.rank, w.size) == (rank, world)
         release = _release(DEFENSES.create("mmguard_bph", **CONFIGS["mmguard_bph"]).protect(data, [surrogate]))
+    os.environ["MASTER_PORT"] = str(ports[2])
+    with process_group("cpu"):
+        clip_release = _release(DEFENSES.create("mem", **CONFIGS["mem"]).protect(data, [load_surrogate(clip_dir)]))
     if rank == 0:
-        Path(out).write_bytes(pickle.dumps(release))
+        Path(out).write_bytes(pickle.dumps((release, clip_release)))
 
 
 def _cli_args(name, model_dir, data_file):
@@ -82,15 +87,23 @@ def _assert_close(one, two):
 def test_two_ranks_release_what_one_process_releases(tiny_llava_dir, digits_small, llava, llava_json, tmp_path):
     data, data_file = digits_small[0][:8], llava_json(digits_small[0], 8)
     out = tmp_path / "ranks.pkl"
-    mp.spawn(_rank, args=(2, (_free_port(), _free_port()), str(tiny_llava_dir), data, str(data_file), str(out)), nprocs=2)
+    from toolkit.surrogates import load_surrogate
+    from toolkit.surrogates.tiny.other import build_tiny_other
+
+    clip_dir = build_tiny_other("open_clip", tmp_path / "clip", seed=0)
+    mp.spawn(_rank, args=(2, (_free_port(), _free_port(), _free_port()), str(tiny_llava_dir), str(clip_dir), data,
+                          str(data_file), str(out)), nprocs=2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the ranks (and fast on a busy machine)
     try:
         one_api = _release(DEFENSES.create("mmguard_bph", **CONFIGS["mmguard_bph"]).protect(data, [llava]))
+        one_clip = _release(DEFENSES.create("mem", **CONFIGS["mem"]).protect(data, [load_surrogate(clip_dir)]))
         assert main([*_cli_args("emn", tiny_llava_dir, data_file), "--out", str(tmp_path / "one")]) == 0
     finally:
         torch.set_num_threads(threads)
-    _assert_close(one_api, pickle.loads(out.read_bytes()))
+    two_api, two_clip = pickle.loads(out.read_bytes())
+    _assert_close(one_api, two_api)
+    _assert_close(one_clip, two_clip)
     assert one_api[1] != [s.question for s in data]  # the trigger defense did insert triggers
     one, two = (read_release(p) for p in (tmp_path / "one", f"{out}-cli0"))
     _assert_close(([s.image for s in one], [s.question for s in one]),

@@ -325,7 +325,8 @@ class MinMinDefense(Defense):
                         with s.training(st.params):
                             for idx in self.train_batches(pert, stream, gen):
                                 loss_fn = lambda px, smp: s.loss(self.train_pixels(run, s, px, smp), smp)  # noqa: E731
-                                if world is None:
+                                # a contrastive loss needs the whole batch: every rank steps it alike
+                                if world is None or any(m.contrastive for m, _ in weighted_members([s])):
                                     samples, _ = pert.batch_samples(idx)
                                     train_step(loss_fn, opt, pert.pixels(idx), samples)
                                 else:  # this rank's slice of the batch; gradients averaged over the ranks
