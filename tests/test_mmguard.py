@@ -216,3 +216,29 @@ def test_component_ablations_by_config(digits_small, llava):
     assert all(p.question != s.question for p, s in zip(out.dataset, data))
     with pytest.raises(ValueError, match="both off"):
         DEFENSES.create("mmguard_bph", image_perturbation=False, text_trigger=False)
+
+
+def _start_triggers(name, data, llava):
+    _, pert, _ = _setup(name, data, llava, pgd_batch_size=4, trigger_candidates=6)
+    return [list(t) for t in pert.triggers]
+
+
+def test_verification_chunking_changes_no_trigger(digits_small, llava, monkeypatch):
+    """A pass verifying its candidates in forwards of 4 x batch_size rows (the default token budget, short
+    sequences) picks exactly the triggers it picks verifying batch_size rows at a time (budget 1): rows
+    share only the image prefix, never a value. BPH and CRS, against the start triggers as a control."""
+    from toolkit.defenses.minmin import hotflip
+
+    data = list(digits_small[0][:12])
+    default = hotflip.VERIFY_TOKENS
+    assert hotflip.verify_rows(4, 36, False) == 16 and hotflip.verify_rows(4, 36, True) == 4  # contrastive: whole
+    for name in ("mmguard_bph", "mmguard_crs"):
+        picks = {}
+        for budget in (default, 1):
+            monkeypatch.setattr(hotflip, "VERIFY_TOKENS", budget)
+            defense, pert, run = _setup(name, data, llava, pgd_batch_size=4, trigger_candidates=6)
+            start = [list(t) for t in pert.triggers]
+            with llava.frozen():
+                defense.trigger_pass(run, torch.arange(len(data)), 6, batch_size=4)
+            picks[budget] = [list(t) for t in pert.triggers]
+        assert picks[1] == picks[default] and picks[1] != start

@@ -26,7 +26,10 @@ from ...surrogates.ensemble import weighted_members
 from ...triggers import hotflip_scores, insert_trigger, trigger_position_of
 from .state import Perturbation
 
-__all__ = ["trigger_pass", "answer_loss", "TriggerLoss"]
+__all__ = ["trigger_pass", "answer_loss", "TriggerLoss", "VERIFY_TOKENS", "verify_rows"]
+
+#: token budget of one verification forward (rows x sequence length); see :func:`verify_rows`
+VERIFY_TOKENS = 8192
 
 #: ``loss_fn(surrogate, pixels, samples, spans, embedding_grad, items, image_index)`` -> (per-sample loss (N,),
 #: ForwardResult); ``pixels`` holds M distinct images and row n uses ``pixels[image_index[n]]``
@@ -38,6 +41,19 @@ def answer_loss(surrogate, pixels, samples, spans, embedding_grad, items=None, i
     share the images ``pixels[image_index]`` (None: one image per row)."""
     res = surrogate.forward_samples(pixels, samples, spans, embedding_grad=embedding_grad, image_index=image_index)
     return res.loss, res
+
+
+def verify_rows(batch_size: int, sequence_length: int, coupled: bool) -> int:
+    """Candidate rows per verification forward: ``VERIFY_TOKENS // sequence_length``, at least ``batch_size``
+    (the rows a pass verified at once before) and at most 4 x ``batch_size``; exactly ``batch_size`` when a
+    surrogate's loss couples a batch's rows (``coupled``: CLIP's contrastive loss, whose value depends on
+    which candidates share the forward). Short sequences (tiny models) verify in fewer, larger forwards; a
+    real LVLM's (hundreds of image tokens) keeps ``batch_size``, so the KV cache repeated over the rows
+    (:meth:`~toolkit.surrogates.HFVisionLanguageSurrogate.run_shared`) stays as large as before. Rows
+    never depend on each other otherwise, so the chunking does not change a result."""
+    if coupled:
+        return batch_size
+    return max(batch_size, min(4 * batch_size, VERIFY_TOKENS // max(1, sequence_length)))
 
 
 def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor, candidates: int,
@@ -55,7 +71,7 @@ def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor
             sees the image ``pixels[image_index[n]]`` (the screen passes one image per row, the verification
             every candidate of a sample against its one image, so a surrogate may run their common prefix once:
             :meth:`~toolkit.surrogates.HFVisionLanguageSurrogate.run_shared`). Default: :func:`answer_loss`.
-        batch_size: samples per screen batch and candidates per verify batch.
+        batch_size: samples per screen batch; candidates per verify batch are :func:`verify_rows` of it.
         descend: lower the loss (True) or raise it (False).
         who: named in capability errors.
         single_token: verify only candidates that stay exactly one token of every surrogate where they
@@ -77,6 +93,7 @@ def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor
         rules.refresh()
         vocabs = [rules.vocabularies(s) for s, _ in weighted]
     sign = 1.0 if descend else -1.0
+    coupled = any(s.contrastive for s, _ in weighted)
     changed, before, after, rejected = 0, [], [], 0
     for idx in shape_batches(pert.shapes, batch_size, indices=indices):
         pixels = pert.pixels(idx)
@@ -94,10 +111,13 @@ def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor
                           for i in rows]
             proposals: List[set] = [set() for _ in rows]
             current_loss = torch.zeros(len(rows))
+            length = 0  # the longest token sequence the screen saw (sets the verification chunk)
             for (s, weight), parts in zip(weighted, vocabs):
                 loss, res = loss_fn(s, px, samples, full_spans, True, rows, image_index=torch.arange(len(rows)))
                 (sign * loss.sum()).backward()
                 current_loss += weight * loss.detach().float().cpu()
+                tokens = getattr(getattr(res, "batch", None), "input_ids", None)
+                length = max(length, tokens.shape[1] if tokens is not None else 1 << 30)
                 emb, grad = res.embeddings.detach(), res.embeddings.grad
                 mask = s.trigger_token_mask(tuple(px.shape[-2:]), samples, word_spans)
                 mask = mask[:, getattr(res, "embedding_offset", 0):]  # embeddings may start after a shared prefix
@@ -135,9 +155,10 @@ def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor
             best = {r: (sign * float(current_loss[r]) + current_pen[r], None, float(current_loss[r]))
                     for r in range(len(rows))}
             deferred: Dict[int, list] = {}  # filter_aware: every improving candidate, checked best first below
+            rows_per_forward = verify_rows(batch_size, length, coupled)
             with torch.no_grad():
-                for start in range(0, len(jobs), batch_size):
-                    chunk = jobs[start:start + batch_size]
+                for start in range(0, len(jobs), rows_per_forward):
+                    chunk = jobs[start:start + rows_per_forward]
                     owner = torch.tensor([r for r, _, _, _ in chunk])
                     cand_samples, cand_spans = [], []
                     for r, i, words, where in chunk:
