@@ -242,3 +242,24 @@ def test_verification_chunking_changes_no_trigger(digits_small, llava, monkeypat
                 defense.trigger_pass(run, torch.arange(len(data)), 6, batch_size=4)
             picks[budget] = [list(t) for t in pert.triggers]
         assert picks[1] == picks[default] and picks[1] != start
+
+
+def test_owner_chunks_cover_the_jobs_with_whole_samples():
+    """Verification forwards: contiguous, covering, at most ``limit`` rows, and a sample's candidates split over
+    two forwards only when they alone exceed the limit (else its shared prefix would run twice)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from toolkit.defenses.minmin.hotflip import owner_chunks
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.integers(1, 9), max_size=12), st.integers(1, 20))
+    def check(runs, limit):
+        owners = [r for r, size in enumerate(runs) for _ in range(size)]
+        bounds = owner_chunks(owners, limit)
+        assert [b for _, b in bounds[:-1]] == [a for a, _ in bounds[1:]] and (not owners or bounds[-1][1] == len(owners))
+        assert all(0 < b - a <= limit for a, b in bounds)
+        for r, size in enumerate(runs):
+            touching = [(a, b) for a, b in bounds if r in owners[a:b]]
+            assert len(touching) == 1 or size > limit
+    check()

@@ -17,7 +17,7 @@ wins (checked best first, so the filter runs only on the few that would win).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -26,7 +26,7 @@ from ...surrogates.ensemble import weighted_members
 from ...triggers import hotflip_scores, insert_trigger, trigger_position_of
 from .state import Perturbation
 
-__all__ = ["trigger_pass", "answer_loss", "TriggerLoss", "VERIFY_TOKENS", "verify_rows"]
+__all__ = ["trigger_pass", "answer_loss", "TriggerLoss", "VERIFY_TOKENS", "verify_rows", "owner_chunks"]
 
 #: token budget of one verification forward (rows x sequence length); see :func:`verify_rows`
 VERIFY_TOKENS = 8192
@@ -54,6 +54,25 @@ def verify_rows(batch_size: int, sequence_length: int, coupled: bool) -> int:
     if coupled:
         return batch_size
     return max(batch_size, min(4 * batch_size, VERIFY_TOKENS // max(1, sequence_length)))
+
+
+def owner_chunks(owners: Sequence[int], limit: int) -> List[Tuple[int, int]]:
+    """(start, end) ranges cutting a job list ordered by owner (sample) into forwards of at most ``limit``
+    jobs that hold whole owners, so each sample's shared prefix runs once; an owner with more than
+    ``limit`` jobs alone is split into ``limit``-sized pieces."""
+    bounds, start, n = [], 0, len(owners)
+    while start < n:
+        end = start
+        while end < n and end - start < limit:
+            run_end = end
+            while run_end < n and owners[run_end] == owners[end]:
+                run_end += 1
+            if run_end - start > limit and end > start:  # the next owner would overflow: it starts the next chunk
+                break
+            end = min(run_end, start + limit)
+        bounds.append((start, end))
+        start = end
+    return bounds
 
 
 def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor, candidates: int,
@@ -157,8 +176,8 @@ def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor
             deferred: Dict[int, list] = {}  # filter_aware: every improving candidate, checked best first below
             rows_per_forward = verify_rows(batch_size, length, coupled)
             with torch.no_grad():
-                for start in range(0, len(jobs), rows_per_forward):
-                    chunk = jobs[start:start + rows_per_forward]
+                for start, end in owner_chunks([job[0] for job in jobs], rows_per_forward):
+                    chunk = jobs[start:end]
                     owner = torch.tensor([r for r, _, _, _ in chunk])
                     cand_samples, cand_spans = [], []
                     for r, i, words, where in chunk:
