@@ -274,3 +274,22 @@ def test_min_min_defenses_run_on_both(folders):
     assert stats["trigger_loss_after"] <= stats["trigger_loss_before"] + 1e-6
     emn = DEFENSES.create("emn", **fast)
     assert len(emn.protect(data, load_surrogate(folders["timm"])).dataset) == len(data)
+
+
+def test_clip_trigger_verification_keeps_fixed_batches(folders, digits, monkeypatch):
+    """CLIP's contrastive loss couples the rows of a forward, so MEM's trigger verification on CLIP keeps its
+    fixed batch_size cuts (regrouping the candidates by sample, as LVLM verification does, would change the
+    values and the triggers picked): the whole-sample grouping is never used with a contrastive surrogate."""
+    from toolkit import DEFENSES
+    from toolkit.defenses.minmin import hotflip
+
+    def grouping(*args, **kwargs):
+        raise AssertionError("whole-sample grouping used with a contrastive surrogate")
+
+    monkeypatch.setattr(hotflip, "owner_chunks", grouping)
+    from toolkit.data import VQADataset
+
+    data = VQADataset(list(digits[1][:6]), name="clip-mem")
+    out = DEFENSES.create("mem", rounds=1, train_steps=1, pgd_steps=1, batch_size=6, pgd_batch_size=5, eval_size=4,
+                          max_trigger_tokens=2, trigger_candidates=3).protect(data, [load_surrogate(folders["open_clip"])])
+    assert any(s.question != c.question for s, c in zip(out.dataset, data))

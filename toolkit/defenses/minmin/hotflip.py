@@ -174,9 +174,11 @@ def trigger_pass(surrogates: Sequence, pert: Perturbation, indices: torch.Tensor
             best = {r: (sign * float(current_loss[r]) + current_pen[r], None, float(current_loss[r]))
                     for r in range(len(rows))}
             deferred: Dict[int, list] = {}  # filter_aware: every improving candidate, checked best first below
-            rows_per_forward = verify_rows(batch_size, length, coupled)
+            # a contrastive loss couples a forward's rows: keep its fixed batch_size cuts, so its values stay
+            chunks = ([(a, min(a + batch_size, len(jobs))) for a in range(0, len(jobs), batch_size)] if coupled
+                      else owner_chunks([job[0] for job in jobs], verify_rows(batch_size, length, coupled)))
             with torch.no_grad():
-                for start, end in owner_chunks([job[0] for job in jobs], rows_per_forward):
+                for start, end in chunks:
                     chunk = jobs[start:end]
                     owner = torch.tensor([r for r, _, _, _ in chunk])
                     cand_samples, cand_spans = [], []
