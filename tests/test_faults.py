@@ -54,15 +54,18 @@ def user_data(llava_json, digits_small):
 def test_sigkilled_protect_resumes_to_the_same_release(user_data, tiny_llava_dir, tmp_path):
     def args(out, ckpt):
         return ["protect", "--defense", "mem", "--surrogate", str(tiny_llava_dir), "--data", str(user_data),
-                "--out", str(out), "--checkpoint", str(ckpt), "--quiet", "--set", "rounds=6", "--set", "train_steps=2",
+                "--out", str(out), "--checkpoint", str(ckpt), "--quiet", "--set", "rounds=10", "--set", "train_steps=2",
                 "--set", "pgd_steps=3", "--set", "max_trigger_tokens=2", "--set", "trigger_candidates=4",
-                "--set", "trigger_rounds=6", "--set", "eval_size=8", "--set", "stop_accuracy=1.0",
+                "--set", "trigger_rounds=10", "--set", "eval_size=8", "--set", "stop_accuracy=1.0",
                 "--set", "stop_clean_accuracy=0.0"]
     _run(args(tmp_path / "clean", tmp_path / "clean.pt"))
     rng = random.Random(0)
     ckpt, out = tmp_path / "faulted.pt", tmp_path / "faulted"
-    kills = sum(_kill_when(args(out, ckpt), ckpt.is_file, rng) for _ in range(3))
-    assert kills >= 2  # the kills land mid-run: after a round's checkpoint, before the release
+
+    def saved_since(start_ns):  # this attempt wrote a checkpoint: it got past at least one round
+        return lambda: ckpt.is_file() and ckpt.stat().st_mtime_ns > start_ns
+    kills = sum(_kill_when(args(out, ckpt), saved_since(time.time_ns()), rng, extra=(0.0, 0.3)) for _ in range(3))
+    assert kills == 3  # every kill lands mid-run: after one of its rounds' checkpoints, before the release
     assert not out.exists()
     _run(args(out, ckpt))
     assert _files(out) == _files(tmp_path / "clean")  # every PNG and data.jsonl, bit for bit
