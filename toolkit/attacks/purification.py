@@ -7,15 +7,19 @@ natural-image structure; AVATAR finds t* must grow with the perturbation norm.
 
 Any diffusers ``UNet2DModel`` + scheduler works, loaded from a local folder
 (``unet/`` and ``scheduler/`` subfolders, as :func:`train_purifier` writes) or
-passed as objects. diffusers is an optional extra: ``pip install
-'mmguard-toolkit[diffusion]'``.
+passed as objects. Without a model, a matrix column trains its own denoiser on
+the attacker's clean images first (:func:`train_purifier`; spec ``fit:`` keys
+``epochs``, ``timesteps``, ``channels``, ``batch_size``, ``lr``), as an attacker
+without a pretrained diffusion model would. diffusers is an optional extra:
+``pip install 'mmguard-toolkit[diffusion]'``.
 """
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Any, Dict, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -42,8 +46,13 @@ class DiffusionPurification(Transform):
 
     Config: ``t_star`` (fraction of the schedule, 0 = identity), ``model`` (local
     folder with ``unet/`` and ``scheduler/``; or call :meth:`set_model`),
-    ``batch_size``, ``seed``, ``device``.
+    ``batch_size``, ``seed``, ``device``. With no ``model`` the instance must be
+    fitted (``needs_fit``): :meth:`fit_from` trains a denoiser on the attacker's
+    clean images (``fit`` keys: :func:`train_purifier`'s ``epochs``, ``timesteps``,
+    ``channels``, ``batch_size``, ``lr``; seeded by ``seed``).
     """
+
+    fit_keys = frozenset({"epochs", "timesteps", "channels", "batch_size", "lr"})
 
     @dataclass(frozen=True, kw_only=True)
     class Config(Config):
@@ -61,8 +70,27 @@ class DiffusionPurification(Transform):
         super().__init__(**config)
         self.unet = None
         self.scheduler = None
+        #: a column without a model trains its own denoiser on the attacker's clean images
+        self.needs_fit = not self.config.model and self.config.t_star > 0
         if self.config.model:
             self.load(self.config.model)
+
+    @classmethod
+    def check_fit(cls, fit, models, defenses) -> None:
+        """``fit``: positive ``epochs`` / ``timesteps`` / ``channels`` / ``batch_size`` (ints) and ``lr``."""
+        for key in ("epochs", "timesteps", "channels", "batch_size"):
+            if key in fit and (not isinstance(fit[key], int) or isinstance(fit[key], bool) or fit[key] < 1):
+                raise ValueError(f"{key}: a positive integer, got {fit[key]!r}")
+        if "lr" in fit and not (isinstance(fit["lr"], (int, float)) and fit["lr"] > 0):
+            raise ValueError(f"lr: a positive number, got {fit['lr']!r}")
+
+    def fit_from(self, ctx) -> Dict[str, Any]:
+        """Train a denoiser on the attacker's clean images (:func:`train_purifier`) and purify with it."""
+        clean = list(ctx.clean_data())
+        with tempfile.TemporaryDirectory() as tmp:
+            self.load(train_purifier(clean, tmp, seed=self.config.seed, device=self.config.device,
+                                     **{k: v for k, v in ctx.fit.items() if k in self.fit_keys}))
+        return {"purifier_trained_on": len(clean)}
 
     def load(self, path: Union[str, os.PathLike]) -> "DiffusionPurification":
         """Load ``UNet2DModel`` and ``DDPMScheduler`` from ``path/unet`` and ``path/scheduler``."""
