@@ -200,7 +200,7 @@ def test_scalars_and_bare_names_where_lists_of_entries_are_expected():
                                  "defenses": ["random_noise", {"label": "emn", "name": "emn", "surrogates": "s",
                                                                "config": EMN}],
                                  "countermeasures": ["jpeg"]})
-    assert spec.seeds == (1,) and spec.victims == ("v",) and spec.metrics == ("accuracy",)
+    assert spec.seeds == (1,) and spec.victims == ("v",) and spec.metric_names == ("accuracy",)
     assert [d.label for d in spec.defenses] == ["clean", "random_noise", "emn"]
     assert spec.defenses[2].surrogates == ("s",)
     assert [c.label for c in spec.countermeasures] == ["none", "jpeg"]

@@ -188,10 +188,10 @@ def test_spec_metric_mappings_parse(alexnet_file):
     spec = MatrixSpec.from_dict(_spec(["psnr", {"name": "lpips", "config": {"backbone": str(alexnet_file)}},
                                        {"name": "question_perplexity_lm", "model": "v"},
                                        {"name": "question_perplexity", "config": {"folds": 3}}]))
-    assert spec.metrics == ("psnr", "lpips", "question_perplexity_lm", "question_perplexity")
-    assert spec.metric_specs[1] == MetricSpec("lpips", {"backbone": str(alexnet_file)})
-    assert spec.metric_specs[2].model == "v" and spec.metric_specs[3].config == {"folds": 3}
-    assert MatrixSpec.from_dict(_spec("ssim")).metric_specs == (MetricSpec("ssim"),)
+    assert spec.metric_names == ("psnr", "lpips", "question_perplexity_lm", "question_perplexity")
+    assert spec.metrics[1] == MetricSpec("lpips", {"backbone": str(alexnet_file)})
+    assert spec.metrics[2].model == "v" and spec.metrics[3].config == {"folds": 3}
+    assert MatrixSpec.from_dict(_spec("ssim")).metrics == (MetricSpec("ssim"),)
 
 
 def test_spec_file_resolves_a_relative_backbone(alexnet_file, tmp_path):
@@ -200,7 +200,7 @@ def test_spec_file_resolves_a_relative_backbone(alexnet_file, tmp_path):
         "name: unit\ndata: {source: digits, image_size: 32, limit: 12}\nmodels: {v: {tiny: llava}}\nvictims: [v]\n"
         "metrics: [psnr, {name: lpips, config: {backbone: alexnet.pth}}]\n")
     spec = load_spec(tmp_path / "spec.yaml")
-    assert spec.metric_specs[1].config == {"backbone": str(tmp_path / "alexnet.pth")}
+    assert spec.metrics[1].config == {"backbone": str(tmp_path / "alexnet.pth")}
 
 
 @pytest.mark.parametrize("metrics, message", [

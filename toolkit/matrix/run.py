@@ -132,7 +132,7 @@ def run_matrix(spec: Union[MatrixSpec, Dict[str, Any], str, os.PathLike], out: U
                     pkey, pmeta = stages.protect(dspec, train, seed)
                     released = read_release(stages.cache.path("protect", pkey) / "release")
                 # recomputed every run, never cached: a changed metric config or model cannot go stale
-                stealth = stealth_metrics(train, released, spec.metric_specs or spec.metrics, models.load,
+                stealth = stealth_metrics(train, released, spec.metrics, models.load,
                                           metric_instances)
             except Exception as exc:  # an error row per cell of this defense; the matrix goes on
                 log.warning("protect %s failed: %s", dspec.label, exc)

@@ -82,12 +82,16 @@ class MatrixSpec:
     countermeasures: Tuple[CountermeasureSpec, ...]
     victims: Tuple[str, ...]
     finetune: Dict[str, Any]
-    metrics: Tuple[str, ...]
+    #: the ``metrics`` entries with their config and model
+    metrics: Tuple[MetricSpec, ...]
     seeds: Tuple[int, ...]
     zero_shot: bool = False
     plugins: Tuple[str, ...] = ()
-    #: the ``metrics`` entries with their config and model (``metrics`` holds their names)
-    metric_specs: Tuple[MetricSpec, ...] = ()
+
+    @property
+    def metric_names(self) -> Tuple[str, ...]:
+        """The names of the ``metrics`` entries (the result columns they fill)."""
+        return tuple(m.name for m in self.metrics)
 
     @classmethod
     def from_dict(cls, spec: Dict[str, Any]) -> "MatrixSpec":
@@ -192,8 +196,7 @@ class MatrixSpec:
         for v in victims:
             if v not in models:
                 raise MatrixError(f"victims: unknown model {v!r}")
-        metric_specs = _metric_entries(spec.get("metrics"), models) or tuple(MetricSpec(n) for n in DEFAULT_METRICS)
-        metrics = tuple(m.name for m in metric_specs)
+        metrics = _metric_entries(spec.get("metrics"), models) or tuple(MetricSpec(n) for n in DEFAULT_METRICS)
         seeds = tuple(_as_list(spec.get("seeds"), "seeds", int) or (0,))
         finetune = _mapping(spec.get("finetune"), "finetune")
         _check_finetune(finetune, data)
@@ -201,7 +204,7 @@ class MatrixSpec:
         if not isinstance(zero_shot, bool):
             raise MatrixError(f"zero_shot: true or false, got {zero_shot!r}")
         return cls(str(spec.get("name", "matrix")), data, models,
-                   tuple(defenses), tuple(cms), victims, finetune, metrics, seeds, zero_shot, plugins, metric_specs)
+                   tuple(defenses), tuple(cms), victims, finetune, metrics, seeds, zero_shot, plugins)
 
 
 #: keys of one ``defenses`` / ``countermeasures`` entry
