@@ -1,6 +1,7 @@
 """Compact tables of a testbed run (benchmarks/specs/testbed.yaml): one per victim, defenses x countermeasures,
 each cell the mean clean-test accuracy over seeds ± std, with the drop against clean data under the same
-countermeasure. Reads one or more matrix run folders (e.g. one per seed, sharing a cache) and merges their rows.
+countermeasure, and each defense's adaptive robustness (its smallest mean drop over the columns, and that column).
+Reads one or more matrix run folders (e.g. one per seed, sharing a cache) and merges their rows.
 
     .venv/bin/python benchmarks/testbed_table.py runs/tb_s0 runs/tb_s1 runs/tb_s2 --out runs/testbed
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    from toolkit.reports import aggregate, read_rows, write_reports
+    from toolkit.reports import adaptive_robustness, aggregate, read_rows, write_reports
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="matrix run folders (their rows.jsonl are merged)")
@@ -31,6 +32,7 @@ def main(argv=None) -> int:
     (out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in merged))
     write_reports(out)
     records = aggregate(merged)
+    robust = {(a["victim"], a["defense"]): a for a in adaptive_robustness(records)}
     cms = list(dict.fromkeys(r["countermeasure"] for r in records if r["defense"] not in ("zero-shot",)))
     lines = ["Clean-test accuracy (%): mean ± std over seeds (a single value: one seed); in parentheses the "
              "change against the clean data under the same countermeasure, in points.", ""]
@@ -39,8 +41,9 @@ def main(argv=None) -> int:
         defenses = list(dict.fromkeys(d for d, _ in recs))
         threat = next((r["threat_model"] for r in records if r["victim"] == victim
                        and r["threat_model"] not in (None, "-")), "-")
-        lines += [f"### victim {victim} ({threat})", "", "| defense | " + " | ".join(cms) + " |",
-                  "|---|" + "---|" * len(cms)]
+        lines += [f"### victim {victim} ({threat})", "",
+                  "| defense | " + " | ".join(cms) + " | adaptive robustness: smallest drop, pt (worst column) |",
+                  "|---|" + "---|" * (len(cms) + 1)]
         for d in defenses:
             cells = []
             for cm in cms:
@@ -57,6 +60,9 @@ def main(argv=None) -> int:
                     if r["seeds"] != max(x["seeds"] for x in recs.values()):
                         cell += f" [{r['seeds']} seed{'s' if r['seeds'] != 1 else ''}]"
                     cells.append(cell)
+            a = robust.get((victim, d))
+            cells.append(f"{100 * a['adaptive_robustness']:+.1f} ({a['worst_column']})"
+                         if a and a["adaptive_robustness"] is not None else "")
             lines.append(f"| {d} | " + " | ".join(cells) + " |")
         lines.append("")
     text = "\n".join(lines)
