@@ -274,9 +274,21 @@ BENCHMARK_SPECS = sorted((Path(__file__).parents[1] / "benchmarks" / "specs").gl
 
 @pytest.mark.parametrize("path", BENCHMARK_SPECS, ids=lambda p: p.stem)
 def test_benchmark_specs_validate(path):
-    """Every shipped benchmark spec parses and validates (defense configs, models, fits) without work."""
-    spec = load_spec(path)
-    assert spec.defenses and spec.victims and spec.seeds
+    """Every shipped benchmark spec parses and validates (defense configs, models, fits) without work; what a
+    spec's plugins register is unregistered afterwards, so the registries stay as the package defines them."""
+    from toolkit.attacks import COUNTERMEASURES
+    from toolkit.defenses import DEFENSES
+    from toolkit.metrics import METRICS
+
+    registries = (DEFENSES, COUNTERMEASURES, METRICS)
+    before = [set(r.names()) for r in registries]
+    try:
+        spec = load_spec(path)
+        assert spec.defenses and spec.victims and spec.seeds
+    finally:
+        for registry, names in zip(registries, before):
+            for name in set(registry.names()) - names:
+                registry.unregister(name)
 
 
 def test_threat_model_sees_the_same_weights_under_another_name():
