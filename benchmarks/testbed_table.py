@@ -38,7 +38,8 @@ def main(argv=None) -> int:
              "change against the clean data under the same countermeasure, in points.", ""]
     for victim in dict.fromkeys(r["victim"] for r in records):
         recs = {(r["defense"], r["countermeasure"]): r for r in records if r["victim"] == victim}
-        defenses = list(dict.fromkeys(d for d, _ in recs))
+        seen = list(dict.fromkeys(d for d, _ in recs))  # zero-shot and clean first, then as the rows came
+        defenses = [d for d in ("zero-shot", "clean") if d in seen] + [d for d in seen if d not in ("zero-shot", "clean")]
         threat = next((r["threat_model"] for r in records if r["victim"] == victim
                        and r["threat_model"] not in (None, "-")), "-")
         lines += [f"### victim {victim} ({threat})", "",
