@@ -4,6 +4,9 @@ countermeasure, and each defense's adaptive robustness (its smallest mean drop o
 Reads one or more matrix run folders (e.g. one per seed, sharing a cache) and merges their rows.
 
     .venv/bin/python benchmarks/testbed_table.py runs/tb_s0 runs/tb_s1 runs/tb_s2 --out runs/testbed
+
+``drops.md`` (also written) has the README's form: per victim, each cell the drop in points (clean accuracy
+minus the defense's, same seed and countermeasure) as mean ± std over the seeds, and the adaptive robustness.
 """
 from __future__ import annotations
 
@@ -68,8 +71,43 @@ def main(argv=None) -> int:
         lines.append("")
     text = "\n".join(lines)
     (out / "testbed-table.md").write_text(text)
+    (out / "drops.md").write_text(drop_tables(merged, cms))
     print(text)
     return 0
+
+
+def drop_tables(rows, cms) -> str:
+    """Per victim: paired drops (points, clean minus defense per seed and column) as mean ± std over seeds,
+    and the adaptive robustness (the smallest mean drop over the columns, with that column)."""
+    import statistics
+
+    acc = {(r["victim"], r["defense"], r["countermeasure"], r["seed"]): r["accuracy"] for r in rows
+           if r.get("accuracy") is not None}
+    lines = ["Drop in points vs clean under the same countermeasure, paired per seed: mean ± std over seeds.", ""]
+    for victim in dict.fromkeys(r["victim"] for r in rows):
+        cols = [c for c in cms if any(k[0] == victim and k[2] == c for k in acc)]
+        lines += [f"### victim {victim}", "", "| defense | " + " | ".join(cols) + " | adaptive robustness |",
+                  "|---|" + "---|" * (len(cols) + 1)]
+        clean = [f"{statistics.mean(v):.1f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.1f}" for v in
+                 ([100 * a for (vi, d, c, _), a in acc.items() if vi == victim and d == "clean" and c == col]
+                  for col in cols)]
+        lines.append("| clean accuracy (%) | " + " | ".join(clean) + " | |")
+        for d in dict.fromkeys(k[1] for k in acc if k[0] == victim and k[1] not in ("clean", "zero-shot")):
+            cells, means = [], []
+            for col in cols:
+                drops = [100 * (acc[(victim, "clean", col, seed)] - a) for (vi, dd, c, seed), a in acc.items()
+                         if vi == victim and dd == d and c == col and (victim, "clean", col, seed) in acc]
+                if not drops:
+                    cells.append("")
+                    continue
+                means.append((statistics.mean(drops), col))
+                sd = statistics.stdev(drops) if len(drops) > 1 else 0.0
+                cells.append(f"{statistics.mean(drops):.1f} ± {sd:.1f}" + (f" [{len(drops)}]" if len(drops) < 3 else ""))
+            worst = min(means) if means else None
+            cells.append(f"{worst[0]:.1f} ({worst[1]})" if worst else "")
+            lines.append(f"| {d} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
