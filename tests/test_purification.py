@@ -55,6 +55,12 @@ def test_without_a_model_the_purifier_is_fitted_on_the_attackers_clean_images(di
     protected = DEFENSES.create("random_noise", seed=1).protect(test[:4]).dataset
     out = pur(protected)  # the weights live on after the training folder is gone
     assert any(not np.array_equal(a.image, b.image) for a, b in zip(out, protected))
+    again = COUNTERMEASURES.create("diffusion_purification", t_star=0.2, batch_size=4)
+    again.fit_from(_Ctx(train[:16], {"channels": 8, "timesteps": 50, "epochs": 1}))
+    assert again.unet is pur.unet  # the same clean data and fit: trained once per process
+    other = COUNTERMEASURES.create("diffusion_purification", t_star=0.2, batch_size=4)
+    other.fit_from(_Ctx(train[16:32], {"epochs": 1, "channels": 8, "timesteps": 50}))
+    assert other.unet is not pur.unet
 
 
 def test_a_fitted_purifier_column_needs_attacker_clean_data_and_valid_fit_keys():

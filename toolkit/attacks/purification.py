@@ -15,11 +15,12 @@ without a pretrained diffusion model would. diffusers is an optional extra:
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Sequence, Union
+from typing import Any, ClassVar, Dict, Sequence, Tuple, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -84,12 +85,23 @@ class DiffusionPurification(Transform):
         if "lr" in fit and not (isinstance(fit["lr"], (int, float)) and fit["lr"] > 0):
             raise ValueError(f"lr: a positive number, got {fit['lr']!r}")
 
+    #: denoisers trained by :meth:`fit_from` in this process, by (clean images, fit, seed, device): every row
+    #: of a matrix column fits on the same clean data, so the denoiser is trained once
+    _trained: ClassVar[Dict[str, Tuple[Any, Any]]] = {}
+
     def fit_from(self, ctx) -> Dict[str, Any]:
         """Train a denoiser on the attacker's clean images (:func:`train_purifier`) and purify with it."""
         clean = list(ctx.clean_data())
-        with tempfile.TemporaryDirectory() as tmp:
-            self.load(train_purifier(clean, tmp, seed=self.config.seed, device=self.config.device,
-                                     **{k: v for k, v in ctx.fit.items() if k in self.fit_keys}))
+        fit = {k: v for k, v in sorted(ctx.fit.items()) if k in self.fit_keys}
+        digest = hashlib.sha256(repr((fit, self.config.seed, self.config.device)).encode())
+        for s in clean:
+            digest.update(s.image.tobytes())
+        key = digest.hexdigest()
+        if key not in self._trained:
+            with tempfile.TemporaryDirectory() as tmp:
+                self.load(train_purifier(clean, tmp, seed=self.config.seed, device=self.config.device, **fit))
+            self._trained[key] = (self.unet, self.scheduler)
+        self.set_model(*self._trained[key])
         return {"purifier_trained_on": len(clean)}
 
     def load(self, path: Union[str, os.PathLike]) -> "DiffusionPurification":
