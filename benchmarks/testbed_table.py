@@ -71,14 +71,15 @@ def main(argv=None) -> int:
         lines.append("")
     text = "\n".join(lines)
     (out / "testbed-table.md").write_text(text)
-    (out / "drops.md").write_text(drop_tables(merged, cms))
+    (out / "drops.md").write_text(drop_tables(merged, cms, robust))
     print(text)
     return 0
 
 
-def drop_tables(rows, cms) -> str:
+def drop_tables(rows, cms, robust) -> str:
     """Per victim: paired drops (points, clean minus defense per seed and column) as mean ± std over seeds,
-    and the adaptive robustness (the smallest mean drop over the columns, with that column)."""
+    and the adaptive robustness from ``robust`` ((victim, defense) -> :func:`toolkit.reports.adaptive_robustness`
+    entry)."""
     import statistics
 
     acc = {(r["victim"], r["defense"], r["countermeasure"], r["seed"]): r["accuracy"] for r in rows
@@ -93,18 +94,18 @@ def drop_tables(rows, cms) -> str:
                   for col in cols)]
         lines.append("| clean accuracy (%) | " + " | ".join(clean) + " | |")
         for d in dict.fromkeys(k[1] for k in acc if k[0] == victim and k[1] not in ("clean", "zero-shot")):
-            cells, means = [], []
+            cells = []
             for col in cols:
                 drops = [100 * (acc[(victim, "clean", col, seed)] - a) for (vi, dd, c, seed), a in acc.items()
                          if vi == victim and dd == d and c == col and (victim, "clean", col, seed) in acc]
                 if not drops:
                     cells.append("")
                     continue
-                means.append((statistics.mean(drops), col))
                 sd = statistics.stdev(drops) if len(drops) > 1 else 0.0
                 cells.append(f"{statistics.mean(drops):.1f} ± {sd:.1f}" + (f" [{len(drops)}]" if len(drops) < 3 else ""))
-            worst = min(means) if means else None
-            cells.append(f"{worst[0]:.1f} ({worst[1]})" if worst else "")
+            a = robust.get((victim, d))
+            cells.append(f"{100 * a['adaptive_robustness']:.1f} ({a['worst_column']})"
+                         if a and a["adaptive_robustness"] is not None else "")
             lines.append(f"| {d} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
