@@ -14,7 +14,7 @@ from toolkit.datasets import DATASETS, answer_words, render_spec, vocabulary
 from toolkit.datasets import grammar, synthetic
 from toolkit.datasets.grammar import ANSWER_WORDS, CAPTION_SUFFIXES, PREFIXES, QA_TYPES, STEMS, SUFFIXES, TYPES
 from toolkit.datasets.scene import Layout, Scene, SceneObject, Sign
-from toolkit.datasets.synthetic import ANSWER_SKILL_TYPES, SKILL_TYPES
+from toolkit.datasets.synthetic import ANSWER_SKILL_TYPES, REFERENCE_SKILL_TYPES, SKILL_TYPES
 from toolkit.datasets.vocab import COL_WORDS, COLOURS, NUMBER_WORDS, ROW_WORDS, SHAPES, WORDS
 from toolkit.digits import load_digits_vqa
 from toolkit.metrics.accuracy import normalize_answer
@@ -203,6 +203,14 @@ def _check_answers(samples, answers=ANSWER_WORDS, rows=ROW_WORDS, cols=COL_WORDS
             else:  # written out here independently of grammar.CORNERS
                 corners = {"circle": "zero", "triangle": "three", "square": "four", "diamond": "four"}
                 assert "shape" not in query["ref"] and s.answer == corners[obj["shape"]], q
+        elif qtype == "size_verify":  # the named object is unique or missing; missing answers "no"
+            named = _matching(scene["objects"], query["ref"])
+            assert len(named) <= 1 and set(query["ref"].values()) | {query["size"]} <= words, q
+            assert "size" not in query["ref"], q
+            assert s.answer == ("yes" if named and named[0]["size"] == query["size"] else "no"), q
+        elif qtype == "size_count":
+            assert query["of"] == "size" and query["value"] in words, q
+            assert s.answer == NUMBER_WORDS[sum(o["size"] == query["value"] for o in scene["objects"])], q
         elif qtype == "letter_count":
             assert s.answer == "zero one two three four five six".split()[len(scene["word"])]
             assert not words & set(WORDS), q
@@ -263,8 +271,26 @@ def test_skill_types_are_opt_in_and_disjoint_from_the_downstream_task():
         assert set(answer_skills).isdisjoint(types)
     assert set(ANSWER_WORDS["size_check"]) == set(ANSWER_WORDS["exist"]) == {"yes", "no"}
     assert set(ANSWER_WORDS["corners"]) | set(ANSWER_WORDS["letter_count"]) <= set(NUMBER_WORDS)
+    assert REFERENCE_SKILL_TYPES == ("size_verify", "size_count") and set(REFERENCE_SKILL_TYPES) <= set(QA_TYPES)
+    for types in (DATASETS.create("scenes").config.types, DATASETS.create("scenes_pretrain").config.types):
+        assert set(REFERENCE_SKILL_TYPES).isdisjoint(types)
+    # size_count never uses a downstream count stem ("How many {things} are there", ...)
+    assert set(STEMS["size_count"]).isdisjoint(STEMS["count"])
     assert [[grammar.cell_place(r, c, g) for c in range(g)] for g in (2, 3) for r in range(g)] == [
         [PLACES[g][r, c] for c in range(g)] for g in (2, 3) for r in range(g)]
+
+
+def test_size_verify_names_missing_objects_and_is_balanced():
+    """A quarter of size_verify questions name a colour / shape nobody has (the presence check it exists for)."""
+    train = DATASETS.create("scenes_pretrain", types=list(REFERENCE_SKILL_TYPES), grid=2, max_objects=2, n_train=1200,
+                            n_test=1, seed=5).build()[0]
+    verify = [s for s in train if s.meta["qtype"] == "size_verify"]
+    missing = [s for s in verify if not _matching(s.meta["scene"]["objects"], s.meta["query"]["ref"])]
+    assert len(verify) > 400 and 0.15 <= len(missing) / len(verify) <= 0.35
+    assert all(s.answer == "no" for s in missing)
+    assert 0.4 <= sum(s.answer == "yes" for s in verify) / len(verify) <= 0.6
+    assert {s.answer for s in train if s.meta["qtype"] == "size_count"} == {"zero", "one", "two"}
+    assert {len(s.meta["query"]["ref"]) for s in missing} == {1, 2}  # single attributes and conjunctions
 
 
 @pytest.mark.parametrize("grid", [2, 3])

@@ -20,7 +20,9 @@ pretraining).
 ``shape_at`` refers to an object by its grid cell instead (:func:`cell_place`: "in the top left
 corner", "in the middle of the top row", "in the center"), and ``first_letter`` / ``last_letter``
 ask for one letter of a sign's word: pretraining skills (shape and glyph recognition) asked in
-another form than the downstream ``shape`` and ``read`` types.
+another form than the downstream ``shape`` and ``read`` types. ``size_verify`` is the one exception to
+"exactly one object": it may name a colour / shape that no object has (answer "no"), so that pretraining
+practises checking for presence without asking the downstream ``exist`` question.
 
 Position stems offer the options of the scene's grid (``{cols}`` "left, center or
 right" / "left or right", ``{col_places}`` "on the left, in the center or on the
@@ -29,6 +31,7 @@ grid's words (:data:`toolkit.datasets.vocab.POSITION_WORDS`).
 """
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -48,13 +51,14 @@ __all__ = [
 
 #: question types with a one-word answer
 QA_TYPES: Tuple[str, ...] = ("colour", "shape", "count", "position", "exist", "read", "size", "text_colour",
-                             "shape_at", "first_letter", "last_letter", "size_check", "corners", "letter_count")
+                             "shape_at", "first_letter", "last_letter", "size_check", "corners", "letter_count",
+                             "size_verify", "size_count")
 #: every question type (``caption`` answers with a phrase)
 TYPES: Tuple[str, ...] = QA_TYPES + ("caption",)
 #: the visual domain(s) a type is asked on
 DOMAINS: Dict[str, Tuple[str, ...]] = {
     **{t: ("scenes",) for t in ("colour", "shape", "count", "position", "exist", "size", "shape_at", "size_check",
-                                "corners")},
+                                "corners", "size_verify", "size_count")},
     **{t: ("signs",) for t in ("read", "text_colour", "first_letter", "last_letter", "letter_count")},
     "caption": ("scenes", "signs"),
 }
@@ -201,6 +205,22 @@ STEMS: Dict[str, List[str]] = {
         "What is the number of corners of the {ref}{where}?",
         "Tell me how many corners the {ref} has{where}.",
     ],
+    # the stems of size_check; the named object may be missing from the picture (answer "no")
+    "size_verify": [
+        "Is the {ref} {size}{where}?",
+        "Would you say the {ref} is {size}{where}?",
+        "Is the {ref}{where} a {size} one?",
+        "Does the {ref} look {size}{where}?",
+        "Tell me whether the {ref} is {size}{where}.",
+    ],
+    # size as a predicate ("are large"), a form the downstream count stems never use
+    "size_count": [
+        "How many of the {things} are {size}{where}?",
+        "How many {things} are {size} ones{where}?",
+        "Of the {things}{where}, how many are {size}?",
+        "Count how many {things} are {size}{where}.",
+        "Tell me how many of the {things} are {size}{where}.",
+    ],
     "letter_count": [
         "How many letters does the word{where} have?",
         "How many letters are in the word on the sign?",
@@ -226,6 +246,7 @@ REFERENCES: Dict[str, Tuple[Tuple[str, ...], ...]] = {
     "shape": (("colour",), ("size", "colour")),
     "size": (("shape",), ("colour",), ("colour", "shape")),
     "size_check": (("shape",), ("colour",), ("colour", "shape")),
+    "size_verify": (("shape",), ("colour",), ("colour", "shape")),
     "corners": (("colour",), ("size", "colour")),
     "position": (("shape",), ("colour",), ("colour", "shape"), ("size", "shape"), ("size", "colour"),
                  ("size", "colour", "shape")),
@@ -251,6 +272,8 @@ def answer_sets(layout: Layout = DEFAULT_LAYOUT) -> Dict[str, Tuple[str, ...]]:
         "size_check": ("yes", "no"),
         "corners": tuple(sorted(set(CORNERS.values()), key=COUNT_WORDS.index)),
         "letter_count": tuple(sorted({COUNT_WORDS[len(w)] for w in WORDS}, key=COUNT_WORDS.index)),
+        "size_verify": ("yes", "no"),
+        "size_count": COUNT_WORDS[:layout.max_objects + 1],
     }
 
 
@@ -388,6 +411,29 @@ def caption(spec: Spec) -> str:
     return _join([f"a {o.size} {o.colour} {o.shape} {cell_phrase(o.row, o.col, spec.grid)}" for o in objects])
 
 
+def _ask_size_verify(objects: Sequence[SceneObject], rng: np.random.Generator):
+    """A ``size_verify`` question: half "yes" (a present object named by its own size), a quarter "no" for the
+    other size, a quarter "no" because nothing in the picture fits the named colour / shape at all."""
+    roll = rng.random()
+    if roll < 0.75:
+        picked = _pick_reference(objects, REFERENCES["size_verify"], rng)
+        if picked is None:
+            return None
+        obj, ref = picked
+        other = [z for z in SIZES if z != obj.size]
+        asked, answer = (obj.size, "yes") if roll < 0.5 else (_pick(other, rng), "no")
+    else:
+        combo = _pick(REFERENCES["size_verify"], rng)
+        values = {"colour": COLOUR_NAMES, "shape": SHAPES}
+        options = [dict(zip(combo, v)) for v in itertools.product(*(values[a] for a in combo))]
+        missing = [ref for ref in options if not any(_matches(o, ref) for o in objects)]
+        if not missing:
+            return None
+        ref, asked, answer = _pick(missing, rng), _pick(SIZES, rng), "no"
+    slots = {"ref": _ref_phrase(ref, OBJECT_NOUNS, rng), "size": asked}
+    return int(rng.integers(len(STEMS["size_verify"]))), slots, answer, {"ref": ref, "size": asked}
+
+
 def _ask_scene(qtype: str, scene: Scene, rng: np.random.Generator):
     """(stem index, slots, answer, query) of a scene question, or None when the scene cannot support it."""
     objects = scene.objects
@@ -404,6 +450,13 @@ def _ask_scene(qtype: str, scene: Scene, rng: np.random.Generator):
         else:
             answer = CORNERS[obj.shape]
         return int(rng.integers(len(STEMS[qtype]))), slots, answer, {"ref": ref}
+    if qtype == "size_verify":
+        return _ask_size_verify(objects, rng)
+    if qtype == "size_count":
+        asked = _pick(SIZES, rng)
+        n = sum(o.size == asked for o in objects)
+        slots = {"things": _pick(OBJECT_NOUNS, rng) + "s", "size": asked}
+        return int(rng.integers(len(STEMS[qtype]))), slots, COUNT_WORDS[n], {"of": "size", "value": asked}
     if qtype in ("colour", "shape", "size", "position"):
         picked = _pick_reference(objects, REFERENCES[qtype], rng)
         if picked is None:

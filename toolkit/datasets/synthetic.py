@@ -29,6 +29,7 @@ from .scene import DEFAULT_LAYOUT, Layout, Spec, apply_layout, check_object_scal
 from .vocab import GRID, MAX_OBJECTS, OBJECT_SCALE, TEXT_SCALE
 
 __all__ = ["SyntheticVQA", "Scenes", "ScenesPretrain", "DOWNSTREAM_TYPES", "PRETRAIN_TYPES", "SKILL_TYPES", "ANSWER_SKILL_TYPES",
+           "REFERENCE_SKILL_TYPES",
            "draw_item", "image_digest"]
 
 #: the downstream task's question types
@@ -45,6 +46,11 @@ SKILL_TYPES: Tuple[str, ...] = ("shape_at", "first_letter", "last_letter")
 #: types never produce: yes / no (``size_check``: "Is the red circle large?") and number words (``corners``:
 #: "How many corners does the red object have?", ``letter_count``: "How many letters does the word have?")
 ANSWER_SKILL_TYPES: Tuple[str, ...] = ("size_check", "corners", "letter_count")
+#: opt-in pretraining skills that practise what the downstream ``exist`` and ``count`` questions need without
+#: asking them: ``size_verify`` ("Is the red circle large?" where there may be no red circle: "no") checks a
+#: colour / shape conjunction for presence, ``size_count`` ("How many of the objects are large?") counts the
+#: objects of one category, by size, an attribute the downstream task never asks about
+REFERENCE_SKILL_TYPES: Tuple[str, ...] = ("size_verify", "size_count")
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
