@@ -94,6 +94,9 @@ def build_zoo_model(recipe: Union[str, ZooRecipe], out: Union[str, os.PathLike],
         raw = tmp / "random-init"
         build_tiny(recipe.family, raw, seed=recipe.seed, extra_corpus=tokenizer_corpus(image_size), **recipe.arch)
         model = load_surrogate(raw, device=device)
+        vision = {}
+        if recipe.vision:
+            vision = _vision_stage(model, recipe, image_size)
         result = FineTune(**recipe.train)(model, train, progress=progress)
         final = tmp / "model"
         model.model.to(torch.float16)
@@ -104,7 +107,7 @@ def build_zoo_model(recipe: Union[str, ZooRecipe], out: Union[str, os.PathLike],
         files = {p.name: sha256_file(p) for p in sorted(final.iterdir()) if p.is_file()}
         card = {
             "name": recipe.name, "recipe": recipe.to_dict(), "recipe_hash": recipe_hash(recipe),
-            "pretrain_scores": scores, "eval_samples": min(eval_samples, len(held_out)),
+            "pretrain_scores": scores, "eval_samples": min(eval_samples, len(held_out)), **vision,
             "pretrain_epoch_losses": [round(x, 4) for x in result.epoch_losses],
             "seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "files": files,
@@ -116,6 +119,24 @@ def build_zoo_model(recipe: Union[str, ZooRecipe], out: Union[str, os.PathLike],
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _vision_stage(model, recipe: ZooRecipe, image_size: int) -> Dict[str, Any]:
+    """Run the recipe's dense visual pretraining on ``model``; the card entries it adds."""
+    from ..datasets import DATASETS
+    from ..registry import make_config
+    from .vision import VisionStage, pretrain_vision
+
+    stage = make_config(VisionStage, f"zoo recipe {recipe.name} vision", recipe.vision)
+    layout = {k: recipe.data[k] for k in ("grid", "max_objects", "object_scale", "text_scale") if k in recipe.data}
+    train, held_out = DATASETS.create("scenes_pretrain", types=["caption"], n_train=stage.n_train, n_test=stage.n_test,
+                                      image_size=image_size, seed=stage.seed, **layout).build()
+    grid = DATASETS.create("scenes_pretrain", **layout).config.grid
+    start = time.perf_counter()
+    losses, scores = pretrain_vision(model, list(train), grid, stage, held_out=list(held_out))
+    log.info("vision stage of %s: %.0f s, held-out %s", recipe.name, time.perf_counter() - start, scores)
+    return {"vision_scores": scores, "vision_epoch_losses": [round(x, 4) for x in losses],
+            "vision_seconds": round(time.perf_counter() - start, 1)}
 
 
 def packaged_folder(name: str) -> Optional[Path]:

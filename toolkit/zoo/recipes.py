@@ -41,6 +41,8 @@ class ZooRecipe:
         train: :class:`toolkit.attacks.FineTune` config of the pretraining run
             (``mode`` full).
         summary: one line for ``mmguard zoo list``.
+        vision: settings of the dense visual pretraining stage run before ``train``
+            (:class:`toolkit.zoo.vision.VisionStage` keys; empty: no such stage).
     """
 
     name: str
@@ -50,10 +52,15 @@ class ZooRecipe:
     data: Dict[str, Any]
     train: Dict[str, Any]
     summary: str = ""
+    vision: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
-        """Plain-JSON view (model cards, cache keys)."""
-        return dataclasses.asdict(self)
+        """Plain-JSON view (model cards, cache keys); ``vision`` only when set, so recipes without the stage
+        keep the hash they were built under."""
+        out = dataclasses.asdict(self)
+        if not out["vision"]:
+            del out["vision"]
+        return out
 
 
 def recipe_hash(recipe: ZooRecipe) -> str:

@@ -1,0 +1,223 @@
+"""Dense visual pretraining of a zoo model's image encoder: the stage a real LVLM gets from its CLIP tower.
+
+A real LLaVA starts from a CLIP ViT that has already seen hundreds of millions of
+captioned images; a tiny zoo model's encoder starts from random weights and learns to
+see only through the one-word answers of its LVLM pretraining, which is slow (shapes
+reach about 68% there after 30 minutes, docs/results/testbed-probes.md). This stage
+trains the image encoder *and* the projector first, with dense labels: for every cell of
+a scene's grid the shape, colour and size of its object (or "empty"), and for a sign its
+word and text colour. Linear heads read the model's own projected image tokens
+(``get_image_features``, the vectors the language model will see), pooled over the tokens
+whose box centre falls in the cell (:meth:`toolkit.surrogates.base.Surrogate.image_token_regions`),
+so one code path serves every family (LLaVA, Qwen2-VL, Gemma 3). The heads are thrown
+away afterwards.
+
+The labels are what a caption of the picture says (the ``caption`` pretraining type says
+the same in words), never a downstream question or answer.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..registry import Config, check_range
+from ..datasets.vocab import COLOUR_NAMES, SHAPES, SIZES, WORDS
+
+__all__ = ["VisionStage", "VisionHeads", "vision_labels", "cell_pooling", "pretrain_vision", "vision_scores"]
+
+#: label of a cell without an object / of an attribute that does not apply (ignored by the loss)
+IGNORE = -100
+
+
+@dataclass(frozen=True, kw_only=True)
+class VisionStage(Config):
+    """Settings of the dense visual pretraining stage (``ZooRecipe.vision``).
+
+    ``n_train`` images (scenes and signs of the recipe's layout, drawn with ``seed``),
+    ``epochs`` passes at batch ``batch_size``, AdamW at peak ``lr`` with a linear warm-up
+    over the first ``warmup`` share of the steps, then cosine decay to 0.
+    """
+
+    n_train: int = 24000
+    n_test: int = 600
+    epochs: int = 10
+    lr: float = 2e-3
+    batch_size: int = 64
+    warmup: float = 0.05
+    weight_decay: float = 0.01
+    seed: int = 77
+
+    def __post_init__(self) -> None:
+        for key in ("n_train", "n_test", "epochs", "batch_size"):
+            check_range(key, getattr(self, key), 1, 10_000_000)
+        check_range("lr", self.lr, 0, 1, low_open=True)
+        check_range("warmup", self.warmup, 0, 1, high_open=True)
+        check_range("weight_decay", self.weight_decay, 0, 1)
+        check_range("seed", self.seed, 0, 2 ** 63 - 1)
+
+
+def vision_labels(samples: Sequence, grid: int) -> torch.Tensor:
+    """(N, 3 * grid**2 + 2) long labels from each sample's ``meta["scene"]``.
+
+    Per cell (row-major) the indices of shape, colour and size in ``SHAPES`` / ``COLOUR_NAMES`` /
+    ``SIZES``, or ``len(...)`` ("empty") where the cell holds no object; then a sign's word
+    (``WORDS``) and text colour. Attributes that do not apply to the domain are ``IGNORE``.
+    """
+    rows = []
+    empty = [len(SHAPES), len(COLOUR_NAMES), len(SIZES)]
+    for sample in samples:
+        scene = sample.meta["scene"]
+        if scene["domain"] == "scenes":
+            cells = [list(empty) for _ in range(grid * grid)]
+            for obj in scene["objects"]:
+                cells[obj["row"] * grid + obj["col"]] = [SHAPES.index(obj["shape"]), COLOUR_NAMES.index(obj["colour"]),
+                                                         SIZES.index(obj["size"])]
+            rows.append(sum(cells, []) + [IGNORE, IGNORE])
+        elif scene["domain"] == "signs":
+            rows.append([IGNORE] * (3 * grid * grid) + [WORDS.index(scene["word"]),
+                                                         COLOUR_NAMES.index(scene["text_colour"])])
+        else:
+            raise ValueError(f"sample {sample.id}: no vision labels for domain {scene['domain']!r}")
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def cell_pooling(surrogate, image_size: int, grid: int) -> torch.Tensor:
+    """(grid**2, T) averaging weights: image token t belongs to the cell that holds its box centre.
+
+    Raises ``ValueError`` when a cell gets no token (tokens coarser than the grid) or the model has a
+    token whose box spans the whole image (a CLS token: it belongs to no cell).
+    """
+    boxes = surrogate.image_token_regions(image_size, image_size).float()
+    centre_y, centre_x = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    side = image_size / grid
+    whole = ((boxes[:, 2] - boxes[:, 0]) >= image_size) & ((boxes[:, 3] - boxes[:, 1]) >= image_size)
+    if bool(whole.any()):
+        raise ValueError("the model has an image token that covers the whole image; cell pooling needs "
+                         "patch tokens only")
+    cell = (centre_y // side).clamp(max=grid - 1).long() * grid + (centre_x // side).clamp(max=grid - 1).long()
+    weights = torch.stack([(cell == c).float() for c in range(grid * grid)])
+    if bool((weights.sum(1) == 0).any()):
+        raise ValueError(f"some cells of a {grid} x {grid} grid hold no image token "
+                         f"({surrogate.num_image_tokens(image_size, image_size)} tokens)")
+    return weights / weights.sum(1, keepdim=True)
+
+
+class VisionHeads(torch.nn.Module):
+    """Linear read-outs of pooled image tokens (hidden ``dim``): per cell shape / colour / size (+ empty),
+    per image word and text colour. Returns the loss (mean of the five cross-entropies) or the logits."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.shape = torch.nn.Linear(dim, len(SHAPES) + 1)
+        self.colour = torch.nn.Linear(dim, len(COLOUR_NAMES) + 1)
+        self.size = torch.nn.Linear(dim, len(SIZES) + 1)
+        self.word = torch.nn.Linear(dim, len(WORDS))
+        self.text_colour = torch.nn.Linear(dim, len(COLOUR_NAMES))
+
+    def forward(self, tokens: torch.Tensor, pooling: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``tokens`` (N, T, D), ``pooling`` (C, T) -> logits: shape / colour / size (N, C, k), word /
+        text_colour (N, k)."""
+        cells = torch.einsum("ct,ntd->ncd", pooling.to(tokens.dtype), tokens)
+        whole = tokens.mean(1)
+        return {"shape": self.shape(cells), "colour": self.colour(cells), "size": self.size(cells),
+                "word": self.word(whole), "text_colour": self.text_colour(whole)}
+
+
+def _targets(labels: torch.Tensor, cells: int) -> Dict[str, torch.Tensor]:
+    per_cell = labels[:, :3 * cells].view(-1, cells, 3)
+    return {"shape": per_cell[..., 0], "colour": per_cell[..., 1], "size": per_cell[..., 2],
+            "word": labels[:, -2], "text_colour": labels[:, -1]}
+
+
+def _image_tokens(surrogate, pixels: torch.Tensor) -> torch.Tensor:
+    """(N, T, D) projected image tokens of (N, 3, H, W) pixels in [0, 1] (what the language model sees)."""
+    out = surrogate.model.get_image_features(**surrogate.pixel_inputs(pixels))
+    feats = getattr(out, "pooler_output", out)
+    return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+
+
+def _pixels(samples: Sequence) -> torch.Tensor:
+    return torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float().div(255)
+
+
+def _loss(logits: Dict[str, torch.Tensor], targets: Dict[str, torch.Tensor]) -> torch.Tensor:
+    terms = []
+    for key, logit in logits.items():
+        target = targets[key].reshape(-1)
+        if bool((target != IGNORE).any()):
+            terms.append(torch.nn.functional.cross_entropy(logit.reshape(target.numel(), -1), target,
+                                                           ignore_index=IGNORE))
+    return torch.stack(terms).sum()
+
+
+def pretrain_vision(surrogate, samples: Sequence, grid: int, stage: VisionStage,
+                    held_out: Sequence = ()) -> Tuple[List[float], Dict[str, float]]:
+    """Train ``surrogate``'s image encoder and projector on ``samples`` (scene / sign VQA samples whose
+    ``meta["scene"]`` gives the labels) with throw-away :class:`VisionHeads`.
+
+    Only parameters used by ``get_image_features`` receive gradients (the language model is untouched).
+    Returns the mean loss of every epoch and :func:`vision_scores` on ``held_out`` (empty if none).
+    """
+    image_size = int(samples[0].image.shape[0])
+    pooling = cell_pooling(surrogate, image_size, grid)
+    model = surrogate.model
+    dtype = next(model.parameters()).dtype
+    heads = VisionHeads(int(_image_tokens(surrogate, _pixels(samples[:1]).to(dtype)).shape[-1])).to(dtype)
+    labels, pixels = vision_labels(samples, grid), _pixels(samples).to(dtype)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad] + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
+    per_epoch = max(1, len(samples) // stage.batch_size)
+    total = stage.epochs * per_epoch
+    warm = max(1, int(round(stage.warmup * total)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (step + 1) / warm if step < warm
+        else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))))
+    generator = torch.Generator().manual_seed(stage.seed)
+    losses: List[float] = []
+    for _ in range(stage.epochs):
+        order = torch.randperm(len(samples), generator=generator)
+        running = 0.0
+        for step in range(per_epoch):
+            batch = order[step * stage.batch_size:(step + 1) * stage.batch_size]
+            loss = _loss(heads(_image_tokens(surrogate, pixels[batch]), pooling),
+                         _targets(labels[batch], grid * grid))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            running += float(loss.detach())
+        losses.append(running / per_epoch)
+    optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    scores = vision_scores(surrogate, heads, held_out, grid, pooling) if len(held_out) else {}
+    return losses, scores
+
+
+@torch.no_grad()
+def vision_scores(surrogate, heads: VisionHeads, samples: Sequence, grid: int, pooling: torch.Tensor,
+                  batch_size: int = 256) -> Dict[str, float]:
+    """Held-out accuracy of each head: ``shape`` / ``colour`` / ``size`` over occupied cells, ``empty``
+    over empty cells (the shape head's "empty" class), ``word`` / ``text_colour`` over signs."""
+    dtype = next(surrogate.model.parameters()).dtype
+    labels = vision_labels(samples, grid)
+    targets = _targets(labels, grid * grid)
+    logits: Dict[str, List[torch.Tensor]] = {}
+    for start in range(0, len(samples), batch_size):
+        out = heads(_image_tokens(surrogate, _pixels(samples[start:start + batch_size]).to(dtype)), pooling)
+        for key, value in out.items():
+            logits.setdefault(key, []).append(value.argmax(-1))
+    preds = {k: torch.cat(v) for k, v in logits.items()}
+    occupied = (targets["shape"] >= 0) & (targets["shape"] < len(SHAPES))
+    masks = {"shape": occupied, "colour": occupied, "size": occupied, "empty": targets["shape"] == len(SHAPES),
+             "word": targets["word"] >= 0, "text_colour": targets["text_colour"] >= 0}
+    scores = {}
+    for key, mask in masks.items():
+        pred, gold = (preds["shape"], targets["shape"]) if key == "empty" else (preds[key], targets[key])
+        if bool(mask.any()):
+            scores[key] = round(float((pred == gold)[mask].float().mean()), 4)
+    return scores
