@@ -17,13 +17,13 @@ the same in words), never a downstream question or answer.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from ..attacks.finetune import learning_rate_schedule
 from ..registry import Config, check_range
 from ..datasets.vocab import COLOUR_NAMES, SHAPES, SIZES, WORDS
 
@@ -167,16 +167,14 @@ def pretrain_vision(surrogate, samples: Sequence, grid: int, stage: VisionStage,
     model = surrogate.model
     dtype = next(model.parameters()).dtype
     heads = VisionHeads(int(_image_tokens(surrogate, _pixels(samples[:1]).to(dtype)).shape[-1])).to(dtype)
-    labels, pixels = vision_labels(samples, grid), _pixels(samples).to(dtype)
+    labels = vision_labels(samples, grid)
+    images = torch.from_numpy(np.stack([s.image for s in samples]))  # uint8, (N, H, W, 3): a quarter of float
     model.train()
     params = [p for p in model.parameters() if p.requires_grad] + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
     per_epoch = max(1, len(samples) // stage.batch_size)
     total = stage.epochs * per_epoch
-    warm = max(1, int(round(stage.warmup * total)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: (step + 1) / warm if step < warm
-        else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))))
+    scheduler = learning_rate_schedule(optimizer, "cosine", total, stage.warmup)
     generator = torch.Generator().manual_seed(stage.seed)
     losses: List[float] = []
     for _ in range(stage.epochs):
@@ -184,7 +182,8 @@ def pretrain_vision(surrogate, samples: Sequence, grid: int, stage: VisionStage,
         running = 0.0
         for step in range(per_epoch):
             batch = order[step * stage.batch_size:(step + 1) * stage.batch_size]
-            loss = _loss(heads(_image_tokens(surrogate, pixels[batch]), pooling),
+            pixels = images[batch].permute(0, 3, 1, 2).to(dtype).div(255)
+            loss = _loss(heads(_image_tokens(surrogate, pixels), pooling),
                          _targets(labels[batch], grid * grid))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
