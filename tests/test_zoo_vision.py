@@ -107,3 +107,13 @@ def test_a_recipe_without_the_stage_keeps_its_hash_and_a_build_with_it_records_i
     with pytest.raises(TypeError, match="unknown config key"):
         build_zoo_model(dataclasses.replace(base, vision={"epoch": 1}), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_stage_depends_on_its_seed_not_on_the_global_random_state(raw_model, data):
+    train, test = list(data[0])[:96], list(data[1])[:32]
+    runs = []
+    for global_seed, stage_seed in ((0, 5), (1, 5), (0, 6)):
+        torch.manual_seed(global_seed)
+        runs.append(pretrain_vision(load_surrogate(raw_model), train, 2,
+                                    VisionStage(epochs=1, batch_size=32, seed=stage_seed), held_out=test)[0])
+    assert runs[0] == runs[1] and runs[0] != runs[2]

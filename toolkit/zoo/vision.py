@@ -166,7 +166,9 @@ def pretrain_vision(surrogate, samples: Sequence, grid: int, stage: VisionStage,
     pooling = cell_pooling(surrogate, image_size, grid)
     model = surrogate.model
     dtype = next(model.parameters()).dtype
-    heads = VisionHeads(int(_image_tokens(surrogate, _pixels(samples[:1]).to(dtype)).shape[-1])).to(dtype)
+    with torch.random.fork_rng(devices=[]):  # the heads' init depends on the stage's seed only
+        torch.manual_seed(stage.seed)
+        heads = VisionHeads(int(_image_tokens(surrogate, _pixels(samples[:1]).to(dtype)).shape[-1])).to(dtype)
     labels = vision_labels(samples, grid)
     images = torch.from_numpy(np.stack([s.image for s in samples]))  # uint8, (N, H, W, 3): a quarter of float
     model.train()
