@@ -205,14 +205,6 @@ STEMS: Dict[str, List[str]] = {
         "What is the number of corners of the {ref}{where}?",
         "Tell me how many corners the {ref} has{where}.",
     ],
-    # the stems of size_check; the named object may be missing from the picture (answer "no")
-    "size_verify": [
-        "Is the {ref} {size}{where}?",
-        "Would you say the {ref} is {size}{where}?",
-        "Is the {ref}{where} a {size} one?",
-        "Does the {ref} look {size}{where}?",
-        "Tell me whether the {ref} is {size}{where}.",
-    ],
     # size as a predicate ("are large"), a form the downstream count stems never use
     "size_count": [
         "How many of the {things} are {size}{where}?",
@@ -237,6 +229,8 @@ STEMS: Dict[str, List[str]] = {
         "Describe what is shown.",
     ],
 }
+#: ``size_verify`` asks in ``size_check``'s words; only its referents differ (they may be missing: answer "no")
+STEMS["size_verify"] = STEMS["size_check"]
 #: the axis each ``position`` stem asks about (answers the grid's column words or row words)
 POSITION_AXES: Tuple[str, ...] = ("horizontal",) * 5 + ("vertical",) * 5
 
@@ -246,11 +240,11 @@ REFERENCES: Dict[str, Tuple[Tuple[str, ...], ...]] = {
     "shape": (("colour",), ("size", "colour")),
     "size": (("shape",), ("colour",), ("colour", "shape")),
     "size_check": (("shape",), ("colour",), ("colour", "shape")),
-    "size_verify": (("shape",), ("colour",), ("colour", "shape")),
     "corners": (("colour",), ("size", "colour")),
     "position": (("shape",), ("colour",), ("colour", "shape"), ("size", "shape"), ("size", "colour"),
                  ("size", "colour", "shape")),
 }
+REFERENCES["size_verify"] = REFERENCES["size_check"]
 
 
 def answer_sets(layout: Layout = DEFAULT_LAYOUT) -> Dict[str, Tuple[str, ...]]:

@@ -129,14 +129,14 @@ def _vision_stage(model, recipe: ZooRecipe, image_size: int) -> Dict[str, Any]:
 
     stage = make_config(VisionStage, f"zoo recipe {recipe.name} vision", recipe.vision)
     layout = {k: recipe.data[k] for k in ("grid", "max_objects", "object_scale", "text_scale") if k in recipe.data}
-    train, held_out = DATASETS.create("scenes_pretrain", types=["caption"], n_train=stage.n_train, n_test=stage.n_test,
-                                      image_size=image_size, seed=stage.seed, **layout).build()
-    grid = DATASETS.create("scenes_pretrain", **layout).config.grid
+    images = DATASETS.create("scenes_pretrain", types=["caption"], n_train=stage.n_train, n_test=stage.n_test,
+                             image_size=image_size, seed=stage.seed, **layout)
+    train, held_out = images.build()
     start = time.perf_counter()
-    losses, scores = pretrain_vision(model, list(train), grid, stage, held_out=list(held_out))
-    log.info("vision stage of %s: %.0f s, held-out %s", recipe.name, time.perf_counter() - start, scores)
-    return {"vision_scores": scores, "vision_epoch_losses": [round(x, 4) for x in losses],
-            "vision_seconds": round(time.perf_counter() - start, 1)}
+    losses, scores = pretrain_vision(model, list(train), images.config.grid, stage, held_out=list(held_out))
+    seconds = round(time.perf_counter() - start, 1)
+    log.info("vision stage of %s: %.0f s, held-out %s", recipe.name, seconds, scores)
+    return {"vision_scores": scores, "vision_epoch_losses": [round(x, 4) for x in losses], "vision_seconds": seconds}
 
 
 def packaged_folder(name: str) -> Optional[Path]:
