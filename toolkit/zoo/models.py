@@ -16,13 +16,17 @@ _REFERENCE_PRETRAIN_DATA = {**_ANSWER_PRETRAIN_DATA, "types": list(ZOO_ANSWER_PR
 #: the dense visual stage run before the LVLM stage (toolkit.zoo.vision): encoder + projector learn every grid
 #: cell's shape / colour / size and a sign's word (docs/results/testbed-probes.md section 8)
 _VISION = {"n_train": 24000, "epochs": 15, "lr": 2e-3, "batch_size": 64, "seed": 77}
+#: the tiny architectures (shared by a family's models; the sizes of toolkit.surrogates.tiny builders)
+_LLAVA_ARCH = {"image_size": 48, "patch_size": 8, "hidden_size": 128, "num_layers": 2, "vision_hidden_size": 64,
+               "vision_layers": 2, "vocab_size": 800}
+_QWEN2VL_ARCH = {"min_side": 48, "max_side": 48, "patch_size": 6, "hidden_size": 128, "num_layers": 2,
+                 "vision_hidden_size": 64, "vision_layers": 2, "vocab_size": 800}
 _PRETRAIN = {"mode": "full", "epochs": 16, "lr": 1e-3, "batch_size": 64, "warmup": 0.05, "weight_decay": 0.01,
              "schedule": "cosine"}
 
 register_zoo(ZooRecipe(
     name="llava-a", family="llava", seed=0,
-    arch={"image_size": 48, "patch_size": 8, "hidden_size": 128, "num_layers": 2, "vision_hidden_size": 64,
-          "vision_layers": 2, "vocab_size": 800},
+    arch=_LLAVA_ARCH,
     data=_ANSWER_PRETRAIN_DATA, train=_PRETRAIN,
     summary="tiny LLaVA-1.5 (CLIP ViT + Llama), pretrained on the scenes_pretrain mix with answer skills"))
 
@@ -30,15 +34,13 @@ register_zoo(ZooRecipe(
 # 25-29%) and seed 2 left it (docs/results/testbed-probes.md section 5)
 register_zoo(ZooRecipe(
     name="llava-b", family="llava", seed=2,
-    arch={"image_size": 48, "patch_size": 8, "hidden_size": 128, "num_layers": 2, "vision_hidden_size": 64,
-          "vision_layers": 2, "vocab_size": 800},
+    arch=_LLAVA_ARCH,
     data={**_ANSWER_PRETRAIN_DATA, "seed": 1002}, train=_PRETRAIN,
     summary="llava-a's sibling: same architecture and mix, other init and pretraining sample (a gray-box victim)"))
 
 register_zoo(ZooRecipe(
     name="qwen2vl-a", family="qwen2_vl", seed=0,
-    arch={"min_side": 48, "max_side": 48, "patch_size": 6, "hidden_size": 128, "num_layers": 2,
-          "vision_hidden_size": 64, "vision_layers": 2, "vocab_size": 800},
+    arch=_QWEN2VL_ARCH,
     # built at twice the learning rate (a probe of whether it shortens the pretraining plateau: it did not, see
     # docs/results/testbed-probes.md section 5); kept because these are the shipped weights
     data=_PRETRAIN_DATA, train={**_PRETRAIN, "lr": 2e-3},
@@ -56,14 +58,12 @@ register_zoo(ZooRecipe(
 # because the earlier result pages were measured on them.
 register_zoo(ZooRecipe(
     name="llava-c", family="llava", seed=2,
-    arch={"image_size": 48, "patch_size": 8, "hidden_size": 128, "num_layers": 2, "vision_hidden_size": 64,
-          "vision_layers": 2, "vocab_size": 800},
+    arch=_LLAVA_ARCH,
     data={**_REFERENCE_PRETRAIN_DATA, "seed": 1002}, train=_PRETRAIN, vision=_VISION,
     summary="llava-b's init and sample, built on the visual stage and the eleven-type mix (a gray-box victim)"))
 
 register_zoo(ZooRecipe(
     name="qwen2vl-b", family="qwen2_vl", seed=0,
-    arch={"min_side": 48, "max_side": 48, "patch_size": 6, "hidden_size": 128, "num_layers": 2,
-          "vision_hidden_size": 64, "vision_layers": 2, "vocab_size": 800},
+    arch=_QWEN2VL_ARCH,
     data=_ANSWER_PRETRAIN_DATA, train=_PRETRAIN, vision=_VISION,
     summary="qwen2vl-a's init, built on the visual stage and the nine-type answer mix (a black-box victim)"))
