@@ -14,7 +14,7 @@ from toolkit.datasets import DATASETS, answer_words, render_spec, vocabulary
 from toolkit.datasets import grammar, synthetic
 from toolkit.datasets.grammar import ANSWER_WORDS, CAPTION_SUFFIXES, PREFIXES, QA_TYPES, STEMS, SUFFIXES, TYPES
 from toolkit.datasets.scene import Layout, Scene, SceneObject, Sign
-from toolkit.datasets.synthetic import ANSWER_SKILL_TYPES, REFERENCE_SKILL_TYPES, SKILL_TYPES
+from toolkit.datasets.synthetic import ANSWER_SKILL_TYPES, REFERENCE_SKILL_TYPES, RELATION_SKILL_TYPES, SKILL_TYPES
 from toolkit.datasets.vocab import COL_WORDS, COLOURS, NUMBER_WORDS, ROW_WORDS, SHAPES, WORDS
 from toolkit.digits import load_digits_vqa
 from toolkit.metrics.accuracy import normalize_answer
@@ -208,6 +208,16 @@ def _check_answers(samples, answers=ANSWER_WORDS, rows=ROW_WORDS, cols=COL_WORDS
             assert len(named) <= 1 and set(query["ref"].values()) | {query["size"]} <= words, q
             assert "size" not in query["ref"], q
             assert s.answer == ("yes" if named and named[0]["size"] == query["size"] else "no"), q
+        elif qtype in ("place_check", "occupied"):
+            named = [cell for cell, place in PLACES[scene["grid"]].items() if place in q]
+            assert named == [(query["row"], query["col"])], q  # the question names exactly one cell, the asked one
+            if qtype == "place_check":
+                (obj,) = _matching(scene["objects"], query["ref"])  # the reference is unique
+                assert set(query["ref"].values()) <= words, q
+                assert s.answer == ("yes" if (obj["row"], obj["col"]) == named[0] else "no"), q
+            else:
+                taken = {(o["row"], o["col"]) for o in scene["objects"]}
+                assert s.answer == ("yes" if named[0] in taken else "no"), q
         elif qtype == "size_count":
             assert query["of"] == "size" and query["value"] in words, q
             assert s.answer == NUMBER_WORDS[sum(o["size"] == query["value"] for o in scene["objects"])], q
@@ -291,6 +301,28 @@ def test_size_verify_names_missing_objects_and_is_balanced():
     assert 0.4 <= sum(s.answer == "yes" for s in verify) / len(verify) <= 0.6
     assert {s.answer for s in train if s.meta["qtype"] == "size_count"} == {"zero", "one", "two"}
     assert {len(s.meta["query"]["ref"]) for s in missing} == {1, 2}  # single attributes and conjunctions
+
+
+@pytest.mark.parametrize("grid", [2, 3])
+def test_relation_skills_are_opt_in_balanced_and_name_every_cell(grid):
+    """place_check / occupied: yes / no about one named cell, about half "yes", every cell asked, never a default
+    type of either task, and never a downstream stem."""
+    assert RELATION_SKILL_TYPES == ("place_check", "occupied") and set(RELATION_SKILL_TYPES) <= set(QA_TYPES)
+    for types in (DATASETS.create("scenes").config.types, DATASETS.create("scenes_pretrain").config.types):
+        assert set(RELATION_SKILL_TYPES).isdisjoint(types)
+    downstream_stems = {stem for t in DOWNSTREAM for stem in STEMS[t]}
+    assert all(set(STEMS[t]).isdisjoint(downstream_stems) for t in RELATION_SKILL_TYPES)
+    dataset = DATASETS.create("scenes_pretrain", types=list(RELATION_SKILL_TYPES), grid=grid, max_objects=2,
+                              n_train=800, n_test=1, seed=9)
+    train = list(dataset.build()[0])
+    rows, cols = (("top", "bottom"), ("left", "right")) if grid == 2 else (ROW_WORDS, COL_WORDS)
+    _check_answers(train, dataset.answer_sets(), rows=rows, cols=cols)
+    for t in RELATION_SKILL_TYPES:
+        asked = [s for s in train if s.meta["qtype"] == t]
+        assert len(asked) > 300 and 0.4 <= sum(s.answer == "yes" for s in asked) / len(asked) <= 0.6, t
+        assert {(s.meta["query"]["row"], s.meta["query"]["col"]) for s in asked} == set(PLACES[grid]), t
+        assert {s.meta["template"] for s in asked} == {f"{t}.{i}" for i in range(len(STEMS[t]))}, t
+        assert not any(" a object" in s.question or " a item" in s.question for s in asked)
 
 
 @pytest.mark.parametrize("grid", [2, 3])

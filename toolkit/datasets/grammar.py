@@ -52,13 +52,13 @@ __all__ = [
 #: question types with a one-word answer
 QA_TYPES: Tuple[str, ...] = ("colour", "shape", "count", "position", "exist", "read", "size", "text_colour",
                              "shape_at", "first_letter", "last_letter", "size_check", "corners", "letter_count",
-                             "size_verify", "size_count")
+                             "size_verify", "size_count", "place_check", "occupied")
 #: every question type (``caption`` answers with a phrase)
 TYPES: Tuple[str, ...] = QA_TYPES + ("caption",)
 #: the visual domain(s) a type is asked on
 DOMAINS: Dict[str, Tuple[str, ...]] = {
     **{t: ("scenes",) for t in ("colour", "shape", "count", "position", "exist", "size", "shape_at", "size_check",
-                                "corners", "size_verify", "size_count")},
+                                "corners", "size_verify", "size_count", "place_check", "occupied")},
     **{t: ("signs",) for t in ("read", "text_colour", "first_letter", "last_letter", "letter_count")},
     "caption": ("scenes", "signs"),
 }
@@ -213,6 +213,23 @@ STEMS: Dict[str, List[str]] = {
         "Count how many {things} are {size}{where}.",
         "Tell me how many of the {things} are {size}{where}.",
     ],
+    # a referent bound to a grid cell, answered yes / no (the downstream position questions name a side and are
+    # answered with it)
+    "place_check": [
+        "Is the {ref} {at}?",
+        "Would you find the {ref} {at}?",
+        "Is the {ref} located {at}?",
+        "Tell me whether the {ref} is {at}.",
+        "Does the {ref} sit {at}?",
+    ],
+    # presence by grid cell, answered yes / no (the downstream existence questions name a colour and a shape)
+    "occupied": [
+        "Is there anything {at}?",
+        "Is any {thing} {at}?",
+        "Does the {picture} have {a_thing} {at}?",
+        "Is something drawn {at}?",
+        "Tell me whether there is {a_thing} {at}.",
+    ],
     "letter_count": [
         "How many letters does the word{where} have?",
         "How many letters are in the word on the sign?",
@@ -245,6 +262,7 @@ REFERENCES: Dict[str, Tuple[Tuple[str, ...], ...]] = {
                  ("size", "colour", "shape")),
 }
 REFERENCES["size_verify"] = REFERENCES["size_check"]
+REFERENCES["place_check"] = REFERENCES["position"]
 
 
 def answer_sets(layout: Layout = DEFAULT_LAYOUT) -> Dict[str, Tuple[str, ...]]:
@@ -268,6 +286,8 @@ def answer_sets(layout: Layout = DEFAULT_LAYOUT) -> Dict[str, Tuple[str, ...]]:
         "letter_count": tuple(sorted({COUNT_WORDS[len(w)] for w in WORDS}, key=COUNT_WORDS.index)),
         "size_verify": ("yes", "no"),
         "size_count": COUNT_WORDS[:layout.max_objects + 1],
+        "place_check": ("yes", "no"),
+        "occupied": ("yes", "no"),
     }
 
 
@@ -428,6 +448,33 @@ def _ask_size_verify(objects: Sequence[SceneObject], rng: np.random.Generator):
     return int(rng.integers(len(STEMS["size_verify"]))), slots, answer, {"ref": ref, "size": asked}
 
 
+def _ask_cell(qtype: str, scene: Scene, rng: np.random.Generator):
+    """A ``place_check`` ("Is the red circle in the top left corner?": half the time its own cell, else another
+    cell) or ``occupied`` ("Is there anything in the top left corner?": half the time an occupied cell) question."""
+    cells = [(r, c) for r in range(scene.grid) for c in range(scene.grid)]
+    taken = [(o.row, o.col) for o in scene.objects]
+    if qtype == "place_check":
+        picked = _pick_reference(scene.objects, REFERENCES[qtype], rng)
+        if picked is None:
+            return None
+        obj, ref = picked
+        if rng.random() < 0.5:
+            cell, answer = (obj.row, obj.col), "yes"
+        else:
+            cell, answer = _pick([x for x in cells if x != (obj.row, obj.col)], rng), "no"
+        slots = {"ref": _ref_phrase(ref, OBJECT_NOUNS, rng), "at": cell_place(*cell, scene.grid)}
+        query: Dict[str, Any] = {"ref": ref, "row": cell[0], "col": cell[1]}
+    else:
+        empty = [x for x in cells if x not in taken]
+        wanted = taken if rng.random() < 0.5 or not empty else empty
+        cell = _pick(wanted, rng)
+        answer = "yes" if cell in taken else "no"
+        thing = _pick(OBJECT_NOUNS[:3], rng)
+        slots = {"at": cell_place(*cell, scene.grid), "thing": thing, "a_thing": _article(thing)}
+        query = {"row": cell[0], "col": cell[1]}
+    return int(rng.integers(len(STEMS[qtype]))), slots, answer, query
+
+
 def _ask_scene(qtype: str, scene: Scene, rng: np.random.Generator):
     """(stem index, slots, answer, query) of a scene question, or None when the scene cannot support it."""
     objects = scene.objects
@@ -446,6 +493,8 @@ def _ask_scene(qtype: str, scene: Scene, rng: np.random.Generator):
         return int(rng.integers(len(STEMS[qtype]))), slots, answer, {"ref": ref}
     if qtype == "size_verify":
         return _ask_size_verify(objects, rng)
+    if qtype in ("place_check", "occupied"):
+        return _ask_cell(qtype, scene, rng)
     if qtype == "size_count":
         asked = _pick(SIZES, rng)
         n = sum(o.size == asked for o in objects)

@@ -29,7 +29,7 @@ from .scene import DEFAULT_LAYOUT, Layout, Spec, apply_layout, check_object_scal
 from .vocab import GRID, MAX_OBJECTS, OBJECT_SCALE, TEXT_SCALE
 
 __all__ = ["SyntheticVQA", "Scenes", "ScenesPretrain", "DOWNSTREAM_TYPES", "PRETRAIN_TYPES", "SKILL_TYPES", "ANSWER_SKILL_TYPES",
-           "REFERENCE_SKILL_TYPES",
+           "REFERENCE_SKILL_TYPES", "RELATION_SKILL_TYPES",
            "draw_item", "image_digest"]
 
 #: the downstream task's question types
@@ -51,6 +51,10 @@ ANSWER_SKILL_TYPES: Tuple[str, ...] = ("size_check", "corners", "letter_count")
 #: colour / shape conjunction for presence, ``size_count`` ("How many of the objects are large?") counts the
 #: objects of one category, by size, an attribute the downstream task never asks about
 REFERENCE_SKILL_TYPES: Tuple[str, ...] = ("size_verify", "size_count")
+#: opt-in pretraining skills that tie objects to places without the downstream ``position`` / ``exist`` words:
+#: ``place_check`` ("Is the red circle in the top left corner?", yes / no) binds a referent to a grid cell,
+#: ``occupied`` ("Is there anything in the top left corner?", yes / no) checks a cell for presence
+RELATION_SKILL_TYPES: Tuple[str, ...] = ("place_check", "occupied")
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
