@@ -26,7 +26,15 @@ import time
 from pathlib import Path
 
 
-def run_one(variant: dict, device: str, downstream: dict, loras: list, seeds, threads: int) -> list:
+def append_row(path, row: dict) -> None:
+    """Append one JSON row to ``path`` (each row as soon as it is measured, so a run cut short keeps them)."""
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def run_one(variant: dict, device: str, downstream: dict, loras: list, seeds, threads: int, out) -> list:
+    """Build (or reuse) one variant's model, then for each downstream seed and LoRA recipe: zero-shot score,
+    fine-tune, score again; each row is appended to ``out`` when measured and all are returned."""
     import torch
 
     torch.set_num_threads(threads)
@@ -67,6 +75,7 @@ def run_one(variant: dict, device: str, downstream: dict, loras: list, seeds, th
             print(json.dumps({k: rows[-1][k] for k in ("label", "seed", "build_s", "lora_s")}
                              | {"pre": card["pretrain_scores"], "zero": zero["all"], "lora_recipe": lora,
                                 "lora": tuned}), flush=True)
+            append_row(out, rows[-1])
     return rows
 
 
@@ -96,14 +105,12 @@ def main(argv=None) -> int:
 
                 downstream = json.loads(args.downstream) if args.downstream else {**DOWNSTREAM, "n_train": 3000,
                                                                                      "n_test": 600}
-                rows = run_one(v, args.device, downstream,
-                               loras if isinstance(loras, list) else [loras], seeds, args.threads)
+                run_one(v, args.device, downstream, loras if isinstance(loras, list) else [loras], seeds,
+                        args.threads, args.out)
             except Exception as exc:  # an experiment script: record the failure and go on
-                rows = [{"label": v.get("label"), "error": f"{type(exc).__name__}: {exc}"}]
-                print(rows[0], flush=True)
-            with open(args.out, "a") as fh:
-                for row in rows:
-                    fh.write(json.dumps(row) + "\n")
+                row = {"label": v.get("label"), "error": f"{type(exc).__name__}: {exc}"}
+                print(row, flush=True)
+                append_row(args.out, row)
         return 0
     pending = list(range(len(variants)))
     running = []
