@@ -1,6 +1,7 @@
 """The zoo's dense visual pretraining stage (toolkit.zoo.vision): labels, cell pooling, that it learns (against a
 control that does not), that it leaves the language model alone, and its place in a recipe and a build."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from toolkit.datasets.vocab import COLOUR_NAMES, SHAPES, SIZES, WORDS
 from toolkit.surrogates import load_surrogate
 from toolkit.surrogates.tiny import build_tiny
 from toolkit.zoo import ZooRecipe, build_zoo_model, read_card, recipe_hash, tokenizer_corpus
-from toolkit.zoo.vision import IGNORE, VisionStage, cell_pooling, pretrain_vision, vision_labels
+from toolkit.zoo.vision import IGNORE, VisionStage, cell_pooling, head_targets, pretrain_vision, vision_labels
 
 LAYOUT = {"grid": 2, "max_objects": 2, "object_scale": [0.6, 0.95], "text_scale": 0.5}
 ARCH = {"image_size": 48, "patch_size": 8, "hidden_size": 64, "num_layers": 1, "vision_hidden_size": 48,
@@ -84,6 +85,26 @@ def test_the_stage_learns_to_see_and_leaves_the_language_model_alone(raw_model, 
     assert scores["trained"]["colour"] >= 0.6 > scores["control"]["colour"] + 0.3, scores
     assert scores["trained"]["colour"] > chance + 0.4 and set(scores["trained"]) == {
         "shape", "colour", "size", "empty", "word", "text_colour"}
+
+
+def test_the_where_head_targets_each_token_s_cell_and_adds_its_loss(raw_model, data):
+    """``where=True`` adds a per-token head naming the grid cell of each image token: its targets are the
+    cells (written out here for 6 x 6 patches on a 2 x 2 grid), its cross-entropy joins the stage's loss
+    (about ln 4 at a learning rate that moves nothing) and it is scored on held-out images; off by default."""
+    model = load_surrogate(raw_model)
+    pooling = cell_pooling(model, 48, 2)
+    expected = torch.tensor([(t // 6 // 3) * 2 + (t % 6) // 3 for t in range(36)])
+    labels = vision_labels(list(data[0])[:3], 2)
+    assert torch.equal(head_targets(labels, 4, pooling)["where"], expected.expand(3, -1))
+    assert "where" not in head_targets(labels, 4)
+    train, test = list(data[0])[:64], list(data[1])[:32]
+    runs = {}
+    for where in (False, True):
+        runs[where] = pretrain_vision(load_surrogate(raw_model), train, 2,
+                                      VisionStage(epochs=1, lr=1e-7, batch_size=32, where=where), held_out=test)
+    extra = runs[True][0][0] - runs[False][0][0]
+    assert abs(extra - math.log(4)) < 0.15, extra
+    assert "where" not in runs[False][1] and 0 <= runs[True][1]["where"] <= 1
 
 
 def test_stage_config_is_validated():

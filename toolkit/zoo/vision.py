@@ -18,7 +18,7 @@ the same in words), never a downstream question or answer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,7 +27,8 @@ from ..attacks.finetune import learning_rate_schedule
 from ..registry import Config, check_range
 from ..datasets.vocab import COLOUR_NAMES, SHAPES, SIZES, WORDS
 
-__all__ = ["VisionStage", "VisionHeads", "vision_labels", "cell_pooling", "pretrain_vision", "vision_scores"]
+__all__ = ["VisionStage", "VisionHeads", "vision_labels", "head_targets", "cell_pooling", "pretrain_vision",
+           "vision_scores"]
 
 #: label of a cell without an object / of an attribute that does not apply (ignored by the loss)
 IGNORE = -100
@@ -39,7 +40,8 @@ class VisionStage(Config):
 
     ``n_train`` images (scenes and signs of the recipe's layout, drawn with ``seed``),
     ``epochs`` passes at batch ``batch_size``, AdamW at peak ``lr`` with a linear warm-up
-    over the first ``warmup`` share of the steps, then cosine decay to 0.
+    over the first ``warmup`` share of the steps, then cosine decay to 0. ``where``: add the
+    per-token cell head (see the field).
     """
 
     n_train: int = 24000
@@ -50,6 +52,10 @@ class VisionStage(Config):
     warmup: float = 0.05
     weight_decay: float = 0.01
     seed: int = 77
+    #: also train a per-token head that names the grid cell each image token lies in, so the projected tokens
+    #: carry their place in their values (a language model's attention with rotary positions moves content, not
+    #: where it came from); off by default (the shipped recipes were built without it)
+    where: bool = False
 
     def __post_init__(self) -> None:
         for key in ("n_train", "n_test", "epochs", "batch_size"):
@@ -108,29 +114,39 @@ def cell_pooling(surrogate, image_size: int, grid: int) -> torch.Tensor:
 
 class VisionHeads(torch.nn.Module):
     """Linear read-outs of pooled image tokens (hidden ``dim``): per cell shape / colour / size (+ empty),
-    per image word and text colour. Returns the loss (mean of the five cross-entropies) or the logits."""
+    per image word and text colour; with ``cells`` > 0 also each token's own cell (``where``, (N, T, cells))."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, cells: int = 0) -> None:
         super().__init__()
         self.shape = torch.nn.Linear(dim, len(SHAPES) + 1)
         self.colour = torch.nn.Linear(dim, len(COLOUR_NAMES) + 1)
         self.size = torch.nn.Linear(dim, len(SIZES) + 1)
         self.word = torch.nn.Linear(dim, len(WORDS))
         self.text_colour = torch.nn.Linear(dim, len(COLOUR_NAMES))
+        self.where = torch.nn.Linear(dim, cells) if cells else None
 
     def forward(self, tokens: torch.Tensor, pooling: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``tokens`` (N, T, D), ``pooling`` (C, T) -> logits: shape / colour / size (N, C, k), word /
-        text_colour (N, k)."""
+        text_colour (N, k), and ``where`` (N, T, C) when the heads have it."""
         cells = torch.einsum("ct,ntd->ncd", pooling.to(tokens.dtype), tokens)
         whole = tokens.mean(1)
-        return {"shape": self.shape(cells), "colour": self.colour(cells), "size": self.size(cells),
-                "word": self.word(whole), "text_colour": self.text_colour(whole)}
+        out = {"shape": self.shape(cells), "colour": self.colour(cells), "size": self.size(cells),
+               "word": self.word(whole), "text_colour": self.text_colour(whole)}
+        if self.where is not None:
+            out["where"] = self.where(tokens)
+        return out
 
 
-def _targets(labels: torch.Tensor, cells: int) -> Dict[str, torch.Tensor]:
+def head_targets(labels: torch.Tensor, cells: int, pooling: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """Each head's targets from (N, 3 * cells + 2) :func:`vision_labels` rows: ``shape`` / ``colour`` / ``size``
+    (N, cells), ``word`` / ``text_colour`` (N,); with the (cells, T) ``pooling`` of :func:`cell_pooling` also
+    ``where``, the cell of each image token (N, T)."""
     per_cell = labels[:, :3 * cells].view(-1, cells, 3)
-    return {"shape": per_cell[..., 0], "colour": per_cell[..., 1], "size": per_cell[..., 2],
-            "word": labels[:, -2], "text_colour": labels[:, -1]}
+    out = {"shape": per_cell[..., 0], "colour": per_cell[..., 1], "size": per_cell[..., 2],
+           "word": labels[:, -2], "text_colour": labels[:, -1]}
+    if pooling is not None:
+        out["where"] = pooling.argmax(0).expand(labels.shape[0], -1)
+    return out
 
 
 def _image_tokens(surrogate, pixels: torch.Tensor) -> torch.Tensor:
@@ -165,11 +181,14 @@ def pretrain_vision(surrogate, samples: Sequence, grid: int, stage: VisionStage,
     image_size = int(samples[0].image.shape[0])
     pooling = cell_pooling(surrogate, image_size, grid)
     model = surrogate.model
-    dtype = next(model.parameters()).dtype
-    with torch.random.fork_rng(devices=[]):  # the heads' init depends on the stage's seed only
+    first = next(model.parameters())
+    dtype, device = first.dtype, first.device
+    pooling = pooling.to(device)
+    with torch.random.fork_rng(devices=[]):  # the heads' init depends on the stage's seed only (made on CPU)
         torch.manual_seed(stage.seed)
-        heads = VisionHeads(int(_image_tokens(surrogate, _pixels(samples[:1]).to(dtype)).shape[-1])).to(dtype)
-    labels = vision_labels(samples, grid)
+        dim = int(_image_tokens(surrogate, _pixels(samples[:1]).to(device, dtype)).shape[-1])
+        heads = VisionHeads(dim, grid * grid if stage.where else 0).to(device, dtype)
+    labels = vision_labels(samples, grid).to(device)
     images = torch.from_numpy(np.stack([s.image for s in samples]))  # uint8, (N, H, W, 3): a quarter of float
     model.train()
     params = [p for p in model.parameters() if p.requires_grad] + list(heads.parameters())
@@ -184,9 +203,9 @@ def pretrain_vision(surrogate, samples: Sequence, grid: int, stage: VisionStage,
         running = 0.0
         for step in range(per_epoch):
             batch = order[step * stage.batch_size:(step + 1) * stage.batch_size]
-            pixels = images[batch].permute(0, 3, 1, 2).to(dtype).div(255)
+            pixels = images[batch].permute(0, 3, 1, 2).to(device, dtype).div(255)
             loss = _loss(heads(_image_tokens(surrogate, pixels), pooling),
-                         _targets(labels[batch], grid * grid))
+                         head_targets(labels[batch.to(device)], grid * grid, pooling if stage.where else None))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -203,19 +222,23 @@ def pretrain_vision(surrogate, samples: Sequence, grid: int, stage: VisionStage,
 def vision_scores(surrogate, heads: VisionHeads, samples: Sequence, grid: int, pooling: torch.Tensor,
                   batch_size: int = 256) -> Dict[str, float]:
     """Held-out accuracy of each head: ``shape`` / ``colour`` / ``size`` over occupied cells, ``empty``
-    over empty cells (the shape head's "empty" class), ``word`` / ``text_colour`` over signs."""
-    dtype = next(surrogate.model.parameters()).dtype
+    over empty cells (the shape head's "empty" class), ``word`` / ``text_colour`` over signs, and ``where``
+    (each token's cell) over all tokens when the heads have that head."""
+    first = next(surrogate.model.parameters())
     labels = vision_labels(samples, grid)
-    targets = _targets(labels, grid * grid)
+    targets = head_targets(labels, grid * grid, pooling.cpu() if heads.where is not None else None)
     logits: Dict[str, List[torch.Tensor]] = {}
     for start in range(0, len(samples), batch_size):
-        out = heads(_image_tokens(surrogate, _pixels(samples[start:start + batch_size]).to(dtype)), pooling)
+        pixels = _pixels(samples[start:start + batch_size]).to(first.device, first.dtype)
+        out = heads(_image_tokens(surrogate, pixels), pooling.to(first.device))
         for key, value in out.items():
-            logits.setdefault(key, []).append(value.argmax(-1))
+            logits.setdefault(key, []).append(value.argmax(-1).cpu())
     preds = {k: torch.cat(v) for k, v in logits.items()}
     occupied = (targets["shape"] >= 0) & (targets["shape"] < len(SHAPES))
     masks = {"shape": occupied, "colour": occupied, "size": occupied, "empty": targets["shape"] == len(SHAPES),
              "word": targets["word"] >= 0, "text_colour": targets["text_colour"] >= 0}
+    if "where" in targets:
+        masks["where"] = torch.ones_like(targets["where"], dtype=torch.bool)
     scores = {}
     for key, mask in masks.items():
         pred, gold = (preds["shape"], targets["shape"]) if key == "empty" else (preds[key], targets[key])
