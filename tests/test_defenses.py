@@ -10,6 +10,7 @@ from toolkit.defenses import enforce_budget
 # Small, fast settings per defense (contract tests check behaviour, not efficacy).
 FAST = {
     "random_noise": {},
+    "random_trigger": {"max_trigger_tokens": 2},
     "emn": {"rounds": 2, "train_steps": 2, "pgd_steps": 2, "batch_size": 8, "pgd_batch_size": 8, "eval_size": 8},
     "tue": {"rounds": 2, "train_steps": 2, "pgd_steps": 2, "batch_size": 8, "pgd_batch_size": 8, "eval_size": 8},
     "rem": {"rounds": 2, "train_steps": 2, "pgd_steps": 2, "batch_size": 8, "pgd_batch_size": 8, "eval_size": 8,
@@ -213,3 +214,29 @@ def test_reinitialize_is_seeded(llava):
     assert any(not torch.equal(first[k], v) for k, v in llava.model.state_dict().items())
     llava.reinitialize(3)
     assert all(torch.equal(first[k], v) for k, v in llava.model.state_dict().items())
+
+
+def test_random_trigger_inserts_vocabulary_words_and_no_answer_word(data, llava):
+    from toolkit.triggers import words_of
+
+    out = DEFENSES.create("random_trigger", max_trigger_tokens=3, noise=False).protect(data, llava)
+    vocab = set(llava.trigger_vocabulary().words)
+    answers = set().union(*(words_of(s.answer) for s in data))
+    for p, s in zip(out.dataset, data):
+        words = p.meta["trigger"]["words"]
+        assert len(words) == 3 and set(words) <= vocab and not {w.lower() for w in words} & answers
+        assert p.question == " ".join(words) + " " + s.question
+        assert np.array_equal(p.image, s.image)  # noise=False: the text-only control changes no pixel
+    assert len({tuple(p.meta["trigger"]["words"]) for p in out.dataset}) > 1  # drawn per sample
+    noisy = DEFENSES.create("random_trigger", max_trigger_tokens=3).protect(data, llava)
+    assert [p.question for p in noisy.dataset] == [p.question for p in out.dataset]  # words independent of noise
+    assert any(not np.array_equal(p.image, s.image) for p, s in zip(noisy.dataset, data))
+
+
+def test_random_trigger_validates(data):
+    with pytest.raises(ValueError, match="max_trigger_tokens"):
+        DEFENSES.create("random_trigger", max_trigger_tokens=0)
+    with pytest.raises(ValueError, match="noise"):
+        DEFENSES.create("random_trigger", noise="yes")
+    with pytest.raises(ValueError, match="surrogate"):
+        DEFENSES.create("random_trigger").protect(data)

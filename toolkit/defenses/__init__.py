@@ -5,8 +5,9 @@ from .mem import MEM
 from .mmguard import MMGUARD_VARIANTS, MMGuard
 from .minmin import MinMinConfig, MinMinDefense, MinMinRun, Perturbation
 from .random_noise import RandomNoise
+from .random_trigger import RandomTrigger
 from .rem import REM
 from .tue import TUE
 
 __all__ = ["DEFENSES", "Defense", "DefenseConfig", "Proposal", "Protection", "enforce_budget", "EMN", "TUE", "REM", "MEM",
-           "RandomNoise", "MMGuard", "MMGUARD_VARIANTS", "MinMinDefense", "MinMinConfig", "MinMinRun", "Perturbation"]
+           "RandomNoise", "RandomTrigger", "MMGuard", "MMGUARD_VARIANTS", "MinMinDefense", "MinMinConfig", "MinMinRun", "Perturbation"]
