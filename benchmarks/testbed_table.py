@@ -7,6 +7,9 @@ Reads one or more matrix run folders (e.g. one per seed, sharing a cache) and me
 
 ``drops.md`` (also written) has the README's form: per victim, each cell the drop in points (clean accuracy
 minus the defense's, same seed and countermeasure) as mean ± std over the seeds, and the adaptive robustness.
+``loss-gap.md``: per victim and defense, the mean training loss of the fine-tune's first epoch on the release
+minus that on the clean data (same seed, no countermeasure), in nats. Negative: the victim fits the release
+faster than clean data from the start, i.e. the release's error-minimising shortcut transfers to that victim.
 """
 from __future__ import annotations
 
@@ -72,6 +75,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     (out / "testbed-table.md").write_text(text)
     (out / "drops.md").write_text(drop_tables(merged, cms, robust))
+    (out / "loss-gap.md").write_text(loss_gap_table(merged))
     print(text)
     return 0
 
@@ -107,6 +111,28 @@ def drop_tables(rows, cms, robust) -> str:
             cells.append(f"{100 * a['adaptive_robustness']:.1f} ({a['worst_column']})"
                          if a and a["adaptive_robustness"] is not None else "")
             lines.append(f"| {d} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def loss_gap_table(rows, epoch: int = 0) -> str:
+    """Per victim and defense: first-epoch (``epoch``) mean training loss on the release minus on the clean data,
+    paired per seed with no countermeasure, mean ± std over seeds in nats (rows without ``train_losses`` skipped)."""
+    import statistics
+
+    loss = {(r["victim"], r["defense"], r["seed"]): r["train_losses"][epoch] for r in rows
+            if r.get("countermeasure") == "none" and len(r.get("train_losses") or []) > epoch}
+    lines = [f"Training loss of epoch {epoch + 1} on the release minus on the clean data (nats), paired per seed, "
+             "no countermeasure: mean ± std over seeds [seeds]. Negative: the release is easier to fit from the "
+             "start (its shortcut transfers).", ""]
+    for victim in dict.fromkeys(k[0] for k in loss):
+        lines += [f"### victim {victim}", "", "| defense | loss gap (nats) |", "|---|---|"]
+        for d in dict.fromkeys(k[1] for k in loss if k[0] == victim and k[1] != "clean"):
+            gaps = [v - loss[(victim, "clean", seed)] for (vi, dd, seed), v in loss.items()
+                    if vi == victim and dd == d and (victim, "clean", seed) in loss]
+            if gaps:
+                sd = statistics.stdev(gaps) if len(gaps) > 1 else 0.0
+                lines.append(f"| {d} | {statistics.mean(gaps):+.2f} ± {sd:.2f} [{len(gaps)}] |")
         lines.append("")
     return "\n".join(lines)
 
