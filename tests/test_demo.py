@@ -1,5 +1,5 @@
 """End-to-end: the demo (the packaged mini matrix on the testbed) on a small slice; the full demo is the
-README's main job. Uses the zoo weights shipped with the package (llava-a, llava-c)."""
+README's main job. Uses the zoo weights shipped with the package (llava-a, llava-d)."""
 import csv
 
 from toolkit.cli import main

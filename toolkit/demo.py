@@ -4,7 +4,7 @@ The ``scenes`` VQA task (six question types, paraphrased questions) and two
 pretrained zoo models: the owner protects the training split against the
 surrogate ``llava-a`` with EMN, MEM and MMGuard (text-only, multimodal, BPH,
 CRS); the attacker applies no countermeasure, JPEG-10 or the n-gram trigger
-filter and LoRA-tunes ``llava-c`` (same family, other weights: gray-box) on the
+filter and LoRA-tunes ``llava-d`` (same family, other weights: gray-box) on the
 release; efficacy is the victim's accuracy on the CLEAN test split, beside the
 zero-shot and clean rows. Everything runs on CPU from the shipped zoo weights;
 nothing is downloaded. The run is a normal matrix run: cached, resumable, with
