@@ -23,7 +23,9 @@ EXTRA = {"mem": {**TRIGGER, "trigger_rounds": 1}, "rem": {"adv_steps": 1}}
 
 
 def _config(name):
-    if name == "random_noise":
+    from toolkit.defenses import MinMinDefense
+
+    if not issubclass(DEFENSES.get(name), MinMinDefense):  # random noise / random trigger: nothing per round
         return {}
     cfg = {**ROUND, **EXTRA.get(name, {})}
     if name.startswith("mmguard"):
