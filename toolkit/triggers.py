@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-__all__ = ["admissible_vocabulary", "insert_trigger", "Vocabulary", "hotflip_scores", "TRIGGER_POSITIONS",
+__all__ = ["admissible_vocabulary", "answer_words", "insert_trigger", "Vocabulary", "hotflip_scores", "TRIGGER_POSITIONS",
            "check_trigger_position", "words_of", "word_suspicion", "word_suspicions", "suspicion_threshold",
            "leaks", "word_stem", "trigger_position_of", "trigger_word_indices"]
 
@@ -99,6 +99,11 @@ def admissible_vocabulary(tokenizer, min_length: int = 2) -> Vocabulary:
 def words_of(text: str) -> set:
     """The ASCII-letter words of ``text`` (for exclusion lists)."""
     return set(re.findall(r"[A-Za-z]+", text))
+
+
+def answer_words(samples) -> set:
+    """Every word of every sample's answer: the words no trigger may use (a trigger must not carry a label)."""
+    return set().union(*(words_of(s.answer) for s in samples))
 
 
 _SUFFIXES = ("ing", "ers", "ies", "est", "ed", "es", "er", "ly", "s")

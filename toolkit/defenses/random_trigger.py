@@ -16,7 +16,7 @@ import torch
 
 from ..engine import make_generator
 from ..registry import check_range
-from ..triggers import check_trigger_position, insert_trigger, words_of
+from ..triggers import answer_words, check_trigger_position, insert_trigger
 from .base import DEFENSES, Proposal
 from .random_noise import RandomNoise
 
@@ -60,7 +60,7 @@ class RandomTrigger(RandomNoise):
             images = super()._protect(dataset, surrogates, progress, checkpoint).images
         else:
             images = [s.image for s in dataset]
-        banned = set().union(*(words_of(s.answer) for s in dataset))
+        banned = answer_words(dataset)
         vocab = surrogates[0].trigger_vocabulary().without(banned)
         if len(vocab) == 0:
             raise ValueError(f"{self.name}: the surrogate's trigger vocabulary has no word left after removing "

@@ -20,7 +20,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from ..data import VQASample
-from ..triggers import insert_trigger, words_of
+from ..triggers import answer_words, insert_trigger
 
 __all__ = ["random_control", "fig9_summary", "FIG9_KEYS"]
 
@@ -62,7 +62,7 @@ def random_control(clean: Sequence[VQASample], protected: Sequence[VQASample], v
     """
     if len(clean) != len(protected):
         raise ValueError(f"{len(clean)} clean samples, {len(protected)} protected")
-    vocab = vocabulary.without(set().union(*(words_of(s.answer) for s in clean)))
+    vocab = vocabulary.without(answer_words(clean))
     if not len(vocab):
         raise ValueError("no admissible trigger word left after removing the answers' words")
     rng = np.random.default_rng(seed)

@@ -25,7 +25,7 @@ from ...distributed import World
 from ...engine import dataset_pixels, gather
 from ...surrogates.base import Surrogate
 from ...surrogates.ensemble import weighted_members
-from ...triggers import insert_trigger, words_of
+from ...triggers import answer_words, insert_trigger
 
 __all__ = ["Perturbation", "MinMinRun", "answer_classes", "CleanPixels", "DiskDeltas", "STORE_DTYPES"]
 
@@ -203,7 +203,7 @@ class Perturbation:
         self.positions: Optional[List[int]] = None
         self.rules: Any = None
         #: words a trigger may not use: every word of every answer (a trigger must not carry a label)
-        self.banned_words = set().union(*(words_of(s.answer) for s in self.samples))
+        self.banned_words = answer_words(self.samples)
 
     def __len__(self) -> int:
         return len(self.samples)
