@@ -107,6 +107,35 @@ def test_the_where_head_targets_each_token_s_cell_and_adds_its_loss(raw_model, d
     assert "where" not in runs[False][1] and 0 <= runs[True][1]["where"] <= 1
 
 
+def test_dense_scores_the_object_heads_on_each_token(raw_model, data):
+    """``dense=True`` asks every image token for the object of its own cell: its targets are the cell's labels
+    copied to the cell's tokens (signs: ignored), its three cross-entropies (shape / colour / size, each with
+    "empty") join the loss (about ln 5 + ln 7 + ln 3 at a learning rate that moves nothing), and it is scored
+    on held-out images; without the token-to-cell map it is refused."""
+    model = load_surrogate(raw_model)
+    pooling = cell_pooling(model, 48, 2)
+    samples = list(data[0])[:8]
+    labels = vision_labels(samples, 2)
+    targets = head_targets(labels, 4, pooling, dense=True)
+    cell_of_token = pooling.argmax(0)
+    for key in ("shape", "colour", "size"):
+        assert targets[f"{key}_token"].shape == (8, 36)
+        assert torch.equal(targets[f"{key}_token"], targets[key][:, cell_of_token])
+    signs = [i for i, s in enumerate(samples) if s.meta["scene"]["domain"] == "signs"]
+    assert signs and all(bool((targets["shape_token"][i] == -100).all()) for i in signs)
+    with pytest.raises(ValueError, match="pooling"):
+        head_targets(labels, 4, dense=True)
+    train, test = list(data[0])[:64], list(data[1])[:32]
+    runs = {}
+    for dense in (False, True):
+        runs[dense] = pretrain_vision(load_surrogate(raw_model), train, 2,
+                                      VisionStage(epochs=1, lr=1e-7, batch_size=32, dense=dense), held_out=test)
+    extra = runs[True][0][0] - runs[False][0][0]
+    assert abs(extra - math.log(5 * 7 * 3)) < 0.4, extra
+    assert {"shape_token", "colour_token", "size_token"} <= set(runs[True][1]) and "where" not in runs[True][1]
+    assert not {"shape_token", "where"} & set(runs[False][1])
+
+
 def test_stage_config_is_validated():
     with pytest.raises(ValueError, match="epochs"):
         VisionStage(epochs=0)

@@ -32,6 +32,8 @@ __all__ = ["VisionStage", "VisionHeads", "vision_labels", "head_targets", "cell_
 
 #: label of a cell without an object / of an attribute that does not apply (ignored by the loss)
 IGNORE = -100
+#: the per-cell heads that ``VisionStage.dense`` also scores on each image token
+TOKEN_KEYS: Tuple[str, ...] = ("shape", "colour", "size")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,7 +43,7 @@ class VisionStage(Config):
     ``n_train`` images (scenes and signs of the recipe's layout, drawn with ``seed``),
     ``epochs`` passes at batch ``batch_size``, AdamW at peak ``lr`` with a linear warm-up
     over the first ``warmup`` share of the steps, then cosine decay to 0. ``where``: add the
-    per-token cell head (see the field).
+    per-token cell head; ``dense``: also score the object heads on every token (see the fields).
     """
 
     n_train: int = 24000
@@ -56,6 +58,10 @@ class VisionStage(Config):
     #: carry their place in their values (a language model's attention with rotary positions moves content, not
     #: where it came from); off by default (the shipped recipes were built without it)
     where: bool = False
+    #: also apply the shape / colour / size heads to every image token on its own (target: the object of the
+    #: token's cell, or "empty"), so each token carries the whole object (colour *and* shape) rather than the
+    #: cell's tokens doing so only on average; off by default (the shipped recipes were built without it)
+    dense: bool = False
 
     def __post_init__(self) -> None:
         for key in ("n_train", "n_test", "epochs", "batch_size"):
@@ -114,9 +120,10 @@ def cell_pooling(surrogate, image_size: int, grid: int) -> torch.Tensor:
 
 class VisionHeads(torch.nn.Module):
     """Linear read-outs of pooled image tokens (hidden ``dim``): per cell shape / colour / size (+ empty),
-    per image word and text colour; with ``cells`` > 0 also each token's own cell (``where``, (N, T, cells))."""
+    per image word and text colour; with ``cells`` > 0 also each token's own cell (``where``, (N, T, cells));
+    with ``dense`` the same object heads on each token alone (``shape_token`` etc., (N, T, k))."""
 
-    def __init__(self, dim: int, cells: int = 0) -> None:
+    def __init__(self, dim: int, cells: int = 0, dense: bool = False) -> None:
         super().__init__()
         self.shape = torch.nn.Linear(dim, len(SHAPES) + 1)
         self.colour = torch.nn.Linear(dim, len(COLOUR_NAMES) + 1)
@@ -124,28 +131,39 @@ class VisionHeads(torch.nn.Module):
         self.word = torch.nn.Linear(dim, len(WORDS))
         self.text_colour = torch.nn.Linear(dim, len(COLOUR_NAMES))
         self.where = torch.nn.Linear(dim, cells) if cells else None
+        self.dense = dense
 
     def forward(self, tokens: torch.Tensor, pooling: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``tokens`` (N, T, D), ``pooling`` (C, T) -> logits: shape / colour / size (N, C, k), word /
-        text_colour (N, k), and ``where`` (N, T, C) when the heads have it."""
+        text_colour (N, k), ``where`` (N, T, C) and the per-token object logits (N, T, k) when the heads have
+        them."""
         cells = torch.einsum("ct,ntd->ncd", pooling.to(tokens.dtype), tokens)
         whole = tokens.mean(1)
         out = {"shape": self.shape(cells), "colour": self.colour(cells), "size": self.size(cells),
                "word": self.word(whole), "text_colour": self.text_colour(whole)}
         if self.where is not None:
             out["where"] = self.where(tokens)
+        if self.dense:
+            out.update({f"{key}_token": getattr(self, key)(tokens) for key in TOKEN_KEYS})
         return out
 
 
-def head_targets(labels: torch.Tensor, cells: int, pooling: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+def head_targets(labels: torch.Tensor, cells: int, pooling: Optional[torch.Tensor] = None,
+                 dense: bool = False) -> Dict[str, torch.Tensor]:
     """Each head's targets from (N, 3 * cells + 2) :func:`vision_labels` rows: ``shape`` / ``colour`` / ``size``
     (N, cells), ``word`` / ``text_colour`` (N,); with the (cells, T) ``pooling`` of :func:`cell_pooling` also
-    ``where``, the cell of each image token (N, T)."""
+    ``where``, the cell of each image token (N, T), and with ``dense`` as well ``shape_token`` /
+    ``colour_token`` / ``size_token``, the object of each token's cell (N, T)."""
     per_cell = labels[:, :3 * cells].view(-1, cells, 3)
     out = {"shape": per_cell[..., 0], "colour": per_cell[..., 1], "size": per_cell[..., 2],
            "word": labels[:, -2], "text_colour": labels[:, -1]}
+    if dense and pooling is None:
+        raise ValueError("dense targets need the pooling (the cell of each image token)")
     if pooling is not None:
-        out["where"] = pooling.argmax(0).expand(labels.shape[0], -1)
+        cell_of_token = pooling.argmax(0)
+        out["where"] = cell_of_token.expand(labels.shape[0], -1)
+        if dense:
+            out.update({f"{key}_token": out[key][:, cell_of_token] for key in TOKEN_KEYS})
     return out
 
 
@@ -187,7 +205,7 @@ def pretrain_vision(surrogate, samples: Sequence, grid: int, stage: VisionStage,
     with torch.random.fork_rng(devices=[]):  # the heads' init depends on the stage's seed only (made on CPU)
         torch.manual_seed(stage.seed)
         dim = int(_image_tokens(surrogate, _pixels(samples[:1]).to(device, dtype)).shape[-1])
-        heads = VisionHeads(dim, grid * grid if stage.where else 0).to(device, dtype)
+        heads = VisionHeads(dim, grid * grid if stage.where else 0, dense=stage.dense).to(device, dtype)
     labels = vision_labels(samples, grid).to(device)
     images = torch.from_numpy(np.stack([s.image for s in samples]))  # uint8, (N, H, W, 3): a quarter of float
     model.train()
@@ -205,7 +223,8 @@ def pretrain_vision(surrogate, samples: Sequence, grid: int, stage: VisionStage,
             batch = order[step * stage.batch_size:(step + 1) * stage.batch_size]
             pixels = images[batch].permute(0, 3, 1, 2).to(device, dtype).div(255)
             loss = _loss(heads(_image_tokens(surrogate, pixels), pooling),
-                         head_targets(labels[batch.to(device)], grid * grid, pooling if stage.where else None))
+                         head_targets(labels[batch.to(device)], grid * grid,
+                                      pooling if stage.where or stage.dense else None, dense=stage.dense))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -222,11 +241,13 @@ def pretrain_vision(surrogate, samples: Sequence, grid: int, stage: VisionStage,
 def vision_scores(surrogate, heads: VisionHeads, samples: Sequence, grid: int, pooling: torch.Tensor,
                   batch_size: int = 256) -> Dict[str, float]:
     """Held-out accuracy of each head: ``shape`` / ``colour`` / ``size`` over occupied cells, ``empty``
-    over empty cells (the shape head's "empty" class), ``word`` / ``text_colour`` over signs, and ``where``
-    (each token's cell) over all tokens when the heads have that head."""
+    over empty cells (the shape head's "empty" class), ``word`` / ``text_colour`` over signs, ``where``
+    (each token's cell) over all tokens and ``shape_token`` / ``colour_token`` / ``size_token`` over the tokens
+    of occupied cells when the heads have them."""
     first = next(surrogate.model.parameters())
     labels = vision_labels(samples, grid)
-    targets = head_targets(labels, grid * grid, pooling.cpu() if heads.where is not None else None)
+    per_token = heads.where is not None or heads.dense
+    targets = head_targets(labels, grid * grid, pooling.cpu() if per_token else None, dense=heads.dense)
     logits: Dict[str, List[torch.Tensor]] = {}
     for start in range(0, len(samples), batch_size):
         pixels = _pixels(samples[start:start + batch_size]).to(first.device, first.dtype)
@@ -237,8 +258,11 @@ def vision_scores(surrogate, heads: VisionHeads, samples: Sequence, grid: int, p
     occupied = (targets["shape"] >= 0) & (targets["shape"] < len(SHAPES))
     masks = {"shape": occupied, "colour": occupied, "size": occupied, "empty": targets["shape"] == len(SHAPES),
              "word": targets["word"] >= 0, "text_colour": targets["text_colour"] >= 0}
-    if "where" in targets:
+    if heads.where is not None:
         masks["where"] = torch.ones_like(targets["where"], dtype=torch.bool)
+    if heads.dense:
+        on_object = (targets["shape_token"] >= 0) & (targets["shape_token"] < len(SHAPES))
+        masks.update({f"{key}_token": on_object for key in TOKEN_KEYS})
     scores = {}
     for key, mask in masks.items():
         pred, gold = (preds["shape"], targets["shape"]) if key == "empty" else (preds[key], targets[key])
