@@ -14,7 +14,8 @@ from toolkit.datasets import DATASETS, answer_words, render_spec, vocabulary
 from toolkit.datasets import grammar, synthetic
 from toolkit.datasets.grammar import ANSWER_WORDS, CAPTION_SUFFIXES, PREFIXES, QA_TYPES, STEMS, SUFFIXES, TYPES
 from toolkit.datasets.scene import Layout, Scene, SceneObject, Sign
-from toolkit.datasets.synthetic import ANSWER_SKILL_TYPES, REFERENCE_SKILL_TYPES, RELATION_SKILL_TYPES, SKILL_TYPES
+from toolkit.datasets.synthetic import (ANSWER_SKILL_TYPES, REFERENCE_SKILL_TYPES, RELATION_SKILL_TYPES, SKILL_TYPES,
+                                        VERIFY_SKILL_TYPES)
 from toolkit.datasets.vocab import COL_WORDS, COLOURS, NUMBER_WORDS, ROW_WORDS, SHAPES, WORDS
 from toolkit.digits import load_digits_vqa
 from toolkit.metrics.accuracy import normalize_answer
@@ -203,11 +204,12 @@ def _check_answers(samples, answers=ANSWER_WORDS, rows=ROW_WORDS, cols=COL_WORDS
             else:  # written out here independently of grammar.CORNERS
                 corners = {"circle": "zero", "triangle": "three", "square": "four", "diamond": "four"}
                 assert "shape" not in query["ref"] and s.answer == corners[obj["shape"]], q
-        elif qtype == "size_verify":  # the named object is unique or missing; missing answers "no"
+        elif qtype in ("size_verify", "colour_verify", "shape_verify"):  # the named object is unique or missing;
+            attribute = qtype.split("_")[0]                                  # missing answers "no"
             named = _matching(scene["objects"], query["ref"])
-            assert len(named) <= 1 and set(query["ref"].values()) | {query["size"]} <= words, q
-            assert "size" not in query["ref"], q
-            assert s.answer == ("yes" if named and named[0]["size"] == query["size"] else "no"), q
+            assert len(named) <= 1 and set(query["ref"].values()) | {query[attribute]} <= words, q
+            assert attribute not in query["ref"], q
+            assert s.answer == ("yes" if named and named[0][attribute] == query[attribute] else "no"), q
         elif qtype in ("place_check", "occupied"):
             named = [cell for cell, place in PLACES[scene["grid"]].items() if place in q]
             assert named == [(query["row"], query["col"])], q  # the question names exactly one cell, the asked one
@@ -301,6 +303,28 @@ def test_size_verify_names_missing_objects_and_is_balanced():
     assert 0.4 <= sum(s.answer == "yes" for s in verify) / len(verify) <= 0.6
     assert {s.answer for s in train if s.meta["qtype"] == "size_count"} == {"zero", "one", "two"}
     assert {len(s.meta["query"]["ref"]) for s in missing} == {1, 2}  # single attributes and conjunctions
+
+
+def test_verify_skills_are_opt_in_balanced_and_name_missing_referents():
+    """colour_verify / shape_verify ("Is the circle red?", "Is the red object a circle?"): about half "yes", a
+    quarter of referents missing (answered "no"), single attributes and conjunctions, every stem used, never a
+    default type and never a downstream stem."""
+    assert VERIFY_SKILL_TYPES == ("colour_verify", "shape_verify") and set(VERIFY_SKILL_TYPES) <= set(QA_TYPES)
+    for types in (DATASETS.create("scenes").config.types, DATASETS.create("scenes_pretrain").config.types):
+        assert set(VERIFY_SKILL_TYPES).isdisjoint(types)
+    downstream_stems = {stem for t in DOWNSTREAM for stem in STEMS[t]}
+    assert all(set(STEMS[t]).isdisjoint(downstream_stems) for t in VERIFY_SKILL_TYPES)
+    dataset = DATASETS.create("scenes_pretrain", types=list(VERIFY_SKILL_TYPES), grid=2, max_objects=2,
+                              n_train=1200, n_test=1, seed=5)
+    train = list(dataset.build()[0])
+    _check_answers(train, dataset.answer_sets(), rows=("top", "bottom"), cols=("left", "right"))
+    for t in VERIFY_SKILL_TYPES:
+        asked = [s for s in train if s.meta["qtype"] == t]
+        missing = [s for s in asked if not _matching(s.meta["scene"]["objects"], s.meta["query"]["ref"])]
+        assert len(asked) > 450 and 0.4 <= sum(s.answer == "yes" for s in asked) / len(asked) <= 0.6, t
+        assert 0.15 <= len(missing) / len(asked) <= 0.35 and all(s.answer == "no" for s in missing), t
+        assert {len(s.meta["query"]["ref"]) for s in missing} == {1, 2}, t
+        assert {s.meta["template"] for s in asked} == {f"{t}.{i}" for i in range(len(STEMS[t]))}, t
 
 
 @pytest.mark.parametrize("grid", [2, 3])

@@ -27,7 +27,8 @@ from .grammar import ANSWER_WORDS, QA_TYPES, STEMS, TYPES, answer_sets, answer_w
 from .render import render_spec  # noqa: E402
 from .scene import Layout, Scene, SceneObject, Sign, spec_from_dict  # noqa: E402
 from .synthetic import (ANSWER_SKILL_TYPES, DOWNSTREAM_TYPES, PRETRAIN_TYPES, REFERENCE_SKILL_TYPES,  # noqa: E402
-                        RELATION_SKILL_TYPES, SKILL_TYPES, Scenes, ScenesPretrain, SyntheticVQA)
+                        RELATION_SKILL_TYPES, SKILL_TYPES, VERIFY_SKILL_TYPES, Scenes, ScenesPretrain,
+                        SyntheticVQA)
 
 DATASETS.register("scenes")(Scenes)
 DATASETS.register("scenes_pretrain")(ScenesPretrain)
@@ -35,5 +36,5 @@ DATASETS.register("digits")(Digits)
 
 __all__ = ["DATASETS", "Scenes", "ScenesPretrain", "SyntheticVQA", "Digits", "ANSWER_WORDS", "QA_TYPES", "TYPES",
            "STEMS", "DOWNSTREAM_TYPES", "PRETRAIN_TYPES", "SKILL_TYPES", "ANSWER_SKILL_TYPES", "REFERENCE_SKILL_TYPES",
-           "RELATION_SKILL_TYPES", "answer_words", "answer_sets", "vocabulary",
+           "RELATION_SKILL_TYPES", "VERIFY_SKILL_TYPES", "answer_words", "answer_sets", "vocabulary",
            "render_spec", "Layout", "Scene", "SceneObject", "Sign", "spec_from_dict"]

@@ -52,13 +52,14 @@ __all__ = [
 #: question types with a one-word answer
 QA_TYPES: Tuple[str, ...] = ("colour", "shape", "count", "position", "exist", "read", "size", "text_colour",
                              "shape_at", "first_letter", "last_letter", "size_check", "corners", "letter_count",
-                             "size_verify", "size_count", "place_check", "occupied")
+                             "size_verify", "size_count", "place_check", "occupied", "colour_verify", "shape_verify")
 #: every question type (``caption`` answers with a phrase)
 TYPES: Tuple[str, ...] = QA_TYPES + ("caption",)
 #: the visual domain(s) a type is asked on
 DOMAINS: Dict[str, Tuple[str, ...]] = {
     **{t: ("scenes",) for t in ("colour", "shape", "count", "position", "exist", "size", "shape_at", "size_check",
-                                "corners", "size_verify", "size_count", "place_check", "occupied")},
+                                "corners", "size_verify", "size_count", "place_check", "occupied", "colour_verify",
+                                "shape_verify")},
     **{t: ("signs",) for t in ("read", "text_colour", "first_letter", "last_letter", "letter_count")},
     "caption": ("scenes", "signs"),
 }
@@ -230,6 +231,23 @@ STEMS: Dict[str, List[str]] = {
         "Is something drawn {at}?",
         "Tell me whether there is {a_thing} {at}.",
     ],
+    # an attribute of a referent that may be missing, answered yes / no ("Is the circle red?"; no circle: "no"):
+    # the colour / shape conjunction the downstream existence questions check, asked as a predicate of one
+    # object (the downstream colour / shape questions ask for the attribute, existence asks "is there ...")
+    "colour_verify": [
+        "Is the {ref} {value}{where}?",
+        "Would you say the {ref} is {value}{where}?",
+        "Is the {ref}{where} drawn in {value}?",
+        "Does the {ref} look {value}{where}?",
+        "Tell me whether the {ref} is {value}{where}.",
+    ],
+    "shape_verify": [
+        "Is the {ref} a {value}{where}?",
+        "Would you call the {ref} a {value}{where}?",
+        "Is the {ref}{where} shaped like a {value}?",
+        "Does the {ref} have the form of a {value}{where}?",
+        "Tell me whether the {ref} is a {value}{where}.",
+    ],
     "letter_count": [
         "How many letters does the word{where} have?",
         "How many letters are in the word on the sign?",
@@ -262,6 +280,11 @@ REFERENCES: Dict[str, Tuple[Tuple[str, ...], ...]] = {
                  ("size", "colour", "shape")),
 }
 REFERENCES["size_verify"] = REFERENCES["size_check"]
+REFERENCES["colour_verify"] = (("shape",), ("size", "shape"))
+REFERENCES["shape_verify"] = (("colour",), ("size", "colour"))
+#: the attribute each verify type asks about (its ``{value}`` slot; ``size_verify`` keeps its ``{size}`` slot)
+VERIFIED: Dict[str, str] = {"size_verify": "size", "colour_verify": "colour", "shape_verify": "shape"}
+_VALUES: Dict[str, Tuple[str, ...]] = {"size": SIZES, "colour": COLOUR_NAMES, "shape": SHAPES}
 REFERENCES["place_check"] = REFERENCES["position"]
 
 
@@ -288,6 +311,8 @@ def answer_sets(layout: Layout = DEFAULT_LAYOUT) -> Dict[str, Tuple[str, ...]]:
         "size_count": COUNT_WORDS[:layout.max_objects + 1],
         "place_check": ("yes", "no"),
         "occupied": ("yes", "no"),
+        "colour_verify": ("yes", "no"),
+        "shape_verify": ("yes", "no"),
     }
 
 
@@ -425,27 +450,29 @@ def caption(spec: Spec) -> str:
     return _join([f"a {o.size} {o.colour} {o.shape} {cell_phrase(o.row, o.col, spec.grid)}" for o in objects])
 
 
-def _ask_size_verify(objects: Sequence[SceneObject], rng: np.random.Generator):
-    """A ``size_verify`` question: half "yes" (a present object named by its own size), a quarter "no" for the
-    other size, a quarter "no" because nothing in the picture fits the named colour / shape at all."""
+def _ask_verify(qtype: str, objects: Sequence[SceneObject], rng: np.random.Generator):
+    """A ``size_verify`` / ``colour_verify`` / ``shape_verify`` question ("Is the red circle large?", "Is the
+    circle red?", "Is the red object a circle?"): half "yes" (a present object named by its own value), a quarter
+    "no" for another value, a quarter "no" because nothing in the picture fits the named referent at all."""
+    attribute = VERIFIED[qtype]
     roll = rng.random()
     if roll < 0.75:
-        picked = _pick_reference(objects, REFERENCES["size_verify"], rng)
+        picked = _pick_reference(objects, REFERENCES[qtype], rng)
         if picked is None:
             return None
         obj, ref = picked
-        other = [z for z in SIZES if z != obj.size]
-        asked, answer = (obj.size, "yes") if roll < 0.5 else (_pick(other, rng), "no")
+        other = [z for z in _VALUES[attribute] if z != getattr(obj, attribute)]
+        asked, answer = (getattr(obj, attribute), "yes") if roll < 0.5 else (_pick(other, rng), "no")
     else:
-        combo = _pick(REFERENCES["size_verify"], rng)
-        values = {"colour": COLOUR_NAMES, "shape": SHAPES}
-        options = [dict(zip(combo, v)) for v in itertools.product(*(values[a] for a in combo))]
+        combo = _pick(REFERENCES[qtype], rng)
+        options = [dict(zip(combo, v)) for v in itertools.product(*(_VALUES[a] for a in combo))]
         missing = [ref for ref in options if not any(_matches(o, ref) for o in objects)]
         if not missing:
             return None
-        ref, asked, answer = _pick(missing, rng), _pick(SIZES, rng), "no"
-    slots = {"ref": _ref_phrase(ref, OBJECT_NOUNS, rng), "size": asked}
-    return int(rng.integers(len(STEMS["size_verify"]))), slots, answer, {"ref": ref, "size": asked}
+        ref, asked, answer = _pick(missing, rng), _pick(_VALUES[attribute], rng), "no"
+    nouns = OBJECT_NOUNS[:3] if attribute == "shape" else OBJECT_NOUNS  # "is the red shape a circle" reads oddly
+    slots = {"ref": _ref_phrase(ref, nouns, rng), "size" if attribute == "size" else "value": asked}
+    return int(rng.integers(len(STEMS[qtype]))), slots, answer, {"ref": ref, attribute: asked}
 
 
 def _ask_cell(qtype: str, scene: Scene, rng: np.random.Generator):
@@ -491,8 +518,8 @@ def _ask_scene(qtype: str, scene: Scene, rng: np.random.Generator):
         else:
             answer = CORNERS[obj.shape]
         return int(rng.integers(len(STEMS[qtype]))), slots, answer, {"ref": ref}
-    if qtype == "size_verify":
-        return _ask_size_verify(objects, rng)
+    if qtype in VERIFIED:
+        return _ask_verify(qtype, objects, rng)
     if qtype in ("place_check", "occupied"):
         return _ask_cell(qtype, scene, rng)
     if qtype == "size_count":

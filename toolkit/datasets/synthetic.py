@@ -29,7 +29,7 @@ from .scene import DEFAULT_LAYOUT, Layout, Spec, apply_layout, check_object_scal
 from .vocab import GRID, MAX_OBJECTS, OBJECT_SCALE, TEXT_SCALE
 
 __all__ = ["SyntheticVQA", "Scenes", "ScenesPretrain", "DOWNSTREAM_TYPES", "PRETRAIN_TYPES", "SKILL_TYPES", "ANSWER_SKILL_TYPES",
-           "REFERENCE_SKILL_TYPES", "RELATION_SKILL_TYPES",
+           "REFERENCE_SKILL_TYPES", "RELATION_SKILL_TYPES", "VERIFY_SKILL_TYPES",
            "draw_item", "image_digest"]
 
 #: the downstream task's question types
@@ -55,6 +55,10 @@ REFERENCE_SKILL_TYPES: Tuple[str, ...] = ("size_verify", "size_count")
 #: ``place_check`` ("Is the red circle in the top left corner?", yes / no) binds a referent to a grid cell,
 #: ``occupied`` ("Is there anything in the top left corner?", yes / no) checks a cell for presence
 RELATION_SKILL_TYPES: Tuple[str, ...] = ("place_check", "occupied")
+#: opt-in pretraining skills that verify a colour or a shape of a referent that may be missing
+#: (``colour_verify``: "Is the circle red?", ``shape_verify``: "Is the red object a circle?"; no such referent:
+#: "no"): the colour / shape conjunction the downstream ``exist`` questions check, asked of one object
+VERIFY_SKILL_TYPES: Tuple[str, ...] = ("colour_verify", "shape_verify")
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
