@@ -87,6 +87,16 @@ def test_the_stage_learns_to_see_and_leaves_the_language_model_alone(raw_model, 
         "shape", "colour", "size", "empty", "word", "text_colour"}
 
 
+def _switched_on(raw_model, data, flag):
+    """One epoch of the stage at a learning rate that moves nothing, with the ``flag`` head off and on: the
+    first epoch's extra loss and the held-out scores of each run (keyed False / True)."""
+    train, test = list(data[0])[:64], list(data[1])[:32]
+    runs = {on: pretrain_vision(load_surrogate(raw_model), train, 2,
+                                VisionStage(epochs=1, lr=1e-7, batch_size=32, **{flag: on}), held_out=test)
+            for on in (False, True)}
+    return runs[True][0][0] - runs[False][0][0], {on: run[1] for on, run in runs.items()}
+
+
 def test_the_where_head_targets_each_token_s_cell_and_adds_its_loss(raw_model, data):
     """``where=True`` adds a per-token head naming the grid cell of each image token: its targets are the
     cells (written out here for 6 x 6 patches on a 2 x 2 grid), its cross-entropy joins the stage's loss
@@ -97,14 +107,9 @@ def test_the_where_head_targets_each_token_s_cell_and_adds_its_loss(raw_model, d
     labels = vision_labels(list(data[0])[:3], 2)
     assert torch.equal(head_targets(labels, 4, pooling)["where"], expected.expand(3, -1))
     assert "where" not in head_targets(labels, 4)
-    train, test = list(data[0])[:64], list(data[1])[:32]
-    runs = {}
-    for where in (False, True):
-        runs[where] = pretrain_vision(load_surrogate(raw_model), train, 2,
-                                      VisionStage(epochs=1, lr=1e-7, batch_size=32, where=where), held_out=test)
-    extra = runs[True][0][0] - runs[False][0][0]
+    extra, scores = _switched_on(raw_model, data, "where")
     assert abs(extra - math.log(4)) < 0.15, extra
-    assert "where" not in runs[False][1] and 0 <= runs[True][1]["where"] <= 1
+    assert "where" not in scores[False] and 0 <= scores[True]["where"] <= 1
 
 
 def test_dense_scores_the_object_heads_on_each_token(raw_model, data):
@@ -125,15 +130,10 @@ def test_dense_scores_the_object_heads_on_each_token(raw_model, data):
     assert signs and all(bool((targets["shape_token"][i] == -100).all()) for i in signs)
     with pytest.raises(ValueError, match="pooling"):
         head_targets(labels, 4, dense=True)
-    train, test = list(data[0])[:64], list(data[1])[:32]
-    runs = {}
-    for dense in (False, True):
-        runs[dense] = pretrain_vision(load_surrogate(raw_model), train, 2,
-                                      VisionStage(epochs=1, lr=1e-7, batch_size=32, dense=dense), held_out=test)
-    extra = runs[True][0][0] - runs[False][0][0]
+    extra, scores = _switched_on(raw_model, data, "dense")
     assert abs(extra - math.log(5 * 7 * 3)) < 0.4, extra
-    assert {"shape_token", "colour_token", "size_token"} <= set(runs[True][1]) and "where" not in runs[True][1]
-    assert not {"shape_token", "where"} & set(runs[False][1])
+    assert {"shape_token", "colour_token", "size_token"} <= set(scores[True]) and "where" not in scores[True]
+    assert not {"shape_token", "where"} & set(scores[False])
 
 
 def test_stage_config_is_validated():
