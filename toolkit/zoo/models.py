@@ -99,7 +99,8 @@ register_zoo(ZooRecipe(
 # The fourth generation (session 12): every image token also names its own cell's object (VisionStage.dense), the
 # verify skills ask "Is the circle red?" of referents that may be missing, and the LVLM stage runs 16 epochs (at
 # 10 the verify skills cost the relation skills: place_check at chance). Clean LoRA 70.6 +- 0.5% against llava-d's
-# 66.1 +- 1.9% (higher on every seed), existence 70-78% against 38-56% (docs/results/testbed-probes.md section 11).
+# 66.1 +- 1.9% (higher on every seed; llava-d's recipe at 16 epochs alone: 65.4 +- 1.3%), existence 70-78%
+# against 38-56% (docs/results/testbed-probes.md section 11).
 register_zoo(ZooRecipe(
     name="llava-e", family="llava", seed=2,
     arch=_LLAVA_ARCH,
