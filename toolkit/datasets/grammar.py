@@ -280,12 +280,12 @@ REFERENCES: Dict[str, Tuple[Tuple[str, ...], ...]] = {
                  ("size", "colour", "shape")),
 }
 REFERENCES["size_verify"] = REFERENCES["size_check"]
+REFERENCES["place_check"] = REFERENCES["position"]
 REFERENCES["colour_verify"] = (("shape",), ("size", "shape"))
 REFERENCES["shape_verify"] = (("colour",), ("size", "colour"))
 #: the attribute each verify type asks about (its ``{value}`` slot; ``size_verify`` keeps its ``{size}`` slot)
 VERIFIED: Dict[str, str] = {"size_verify": "size", "colour_verify": "colour", "shape_verify": "shape"}
 _VALUES: Dict[str, Tuple[str, ...]] = {"size": SIZES, "colour": COLOUR_NAMES, "shape": SHAPES}
-REFERENCES["place_check"] = REFERENCES["position"]
 
 
 def answer_sets(layout: Layout = DEFAULT_LAYOUT) -> Dict[str, Tuple[str, ...]]:
