@@ -26,7 +26,7 @@ from .digits import Digits  # noqa: E402
 from .grammar import ANSWER_WORDS, QA_TYPES, STEMS, TYPES, answer_sets, answer_words, vocabulary  # noqa: E402
 from .render import render_spec  # noqa: E402
 from .scene import Layout, Scene, SceneObject, Sign, spec_from_dict  # noqa: E402
-from .synthetic import (ANSWER_SKILL_TYPES, DOWNSTREAM_TYPES, PRETRAIN_TYPES, REFERENCE_SKILL_TYPES,  # noqa: E402
+from .synthetic import (ANSWER_SKILL_TYPES, COUNT_SKILL_TYPES, DOWNSTREAM_TYPES, PRETRAIN_TYPES, REFERENCE_SKILL_TYPES,  # noqa: E402
                         RELATION_SKILL_TYPES, SKILL_TYPES, VERIFY_SKILL_TYPES, Scenes, ScenesPretrain,
                         SyntheticVQA)
 
@@ -36,5 +36,5 @@ DATASETS.register("digits")(Digits)
 
 __all__ = ["DATASETS", "Scenes", "ScenesPretrain", "SyntheticVQA", "Digits", "ANSWER_WORDS", "QA_TYPES", "TYPES",
            "STEMS", "DOWNSTREAM_TYPES", "PRETRAIN_TYPES", "SKILL_TYPES", "ANSWER_SKILL_TYPES", "REFERENCE_SKILL_TYPES",
-           "RELATION_SKILL_TYPES", "VERIFY_SKILL_TYPES", "answer_words", "answer_sets", "vocabulary",
+           "RELATION_SKILL_TYPES", "VERIFY_SKILL_TYPES", "COUNT_SKILL_TYPES", "answer_words", "answer_sets", "vocabulary",
            "render_spec", "Layout", "Scene", "SceneObject", "Sign", "spec_from_dict"]

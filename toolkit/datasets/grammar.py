@@ -52,14 +52,15 @@ __all__ = [
 #: question types with a one-word answer
 QA_TYPES: Tuple[str, ...] = ("colour", "shape", "count", "position", "exist", "read", "size", "text_colour",
                              "shape_at", "first_letter", "last_letter", "size_check", "corners", "letter_count",
-                             "size_verify", "size_count", "place_check", "occupied", "colour_verify", "shape_verify")
+                             "size_verify", "size_count", "place_check", "occupied", "colour_verify", "shape_verify",
+                             "sized_count", "other_count")
 #: every question type (``caption`` answers with a phrase)
 TYPES: Tuple[str, ...] = QA_TYPES + ("caption",)
 #: the visual domain(s) a type is asked on
 DOMAINS: Dict[str, Tuple[str, ...]] = {
     **{t: ("scenes",) for t in ("colour", "shape", "count", "position", "exist", "size", "shape_at", "size_check",
                                 "corners", "size_verify", "size_count", "place_check", "occupied", "colour_verify",
-                                "shape_verify")},
+                                "shape_verify", "sized_count", "other_count")},
     **{t: ("signs",) for t in ("read", "text_colour", "first_letter", "last_letter", "letter_count")},
     "caption": ("scenes", "signs"),
 }
@@ -248,6 +249,24 @@ STEMS: Dict[str, List[str]] = {
         "Does the {ref} have the form of a {value}{where}?",
         "Tell me whether the {ref} is a {value}{where}.",
     ],
+    # counts within a colour / shape category, by size ("How many of the red things are large?"): the category
+    # filter the downstream count questions apply, with a size predicate they never use
+    "sized_count": [
+        "Among the {things}{where}, how many are {size}?",
+        "How many of the {things} look {size}{where}?",
+        "Of all the {things}{where}, count the {size} ones.",
+        "How many of the {things}{where} would you call {size}?",
+        "Tell me how many of the {things} are drawn {size}{where}.",
+    ],
+    # counts the complement of a colour / shape category ("How many objects are not red?"): the downstream count
+    # questions count the category itself
+    "other_count": [
+        "How many {things} are not {value}{where}?",
+        "How many of the {things}{where} are not {value}?",
+        "Count the {things} that are not {value}{where}.",
+        "Tell me how many {things} are not {value}{where}.",
+        "How many {things}{where} are anything but {value}?",
+    ],
     "letter_count": [
         "How many letters does the word{where} have?",
         "How many letters are in the word on the sign?",
@@ -313,6 +332,8 @@ def answer_sets(layout: Layout = DEFAULT_LAYOUT) -> Dict[str, Tuple[str, ...]]:
         "occupied": ("yes", "no"),
         "colour_verify": ("yes", "no"),
         "shape_verify": ("yes", "no"),
+        "sized_count": COUNT_WORDS[:layout.max_objects + 1],
+        "other_count": COUNT_WORDS[:layout.max_objects + 1],
     }
 
 
@@ -475,6 +496,31 @@ def _ask_verify(qtype: str, objects: Sequence[SceneObject], rng: np.random.Gener
     return int(rng.integers(len(STEMS[qtype]))), slots, answer, {"ref": ref, attribute: asked}
 
 
+def _category(objects: Sequence[SceneObject], rng: np.random.Generator) -> Tuple[str, str]:
+    """(attribute, value) of a colour or shape category: a present value 60% of the time, else any value (so an
+    absent one can be named), as the downstream count questions pick theirs."""
+    of = ("colour", "shape")[int(rng.integers(2))]
+    present = sorted({getattr(o, of) for o in objects})
+    return of, _pick(_VALUES[of] if rng.random() < 0.4 else present, rng)
+
+
+def _ask_category_count(qtype: str, objects: Sequence[SceneObject], rng: np.random.Generator):
+    """A ``sized_count`` ("How many of the red things are large?": objects of the category with the asked size)
+    or ``other_count`` ("How many objects are not circles?": objects outside the category) question."""
+    of, value = _category(objects, rng)
+    noun = _pick(OBJECT_NOUNS, rng)
+    if qtype == "sized_count":
+        size = _pick(SIZES, rng)
+        things = f"{value} {noun}s" if of == "colour" else SHAPE_PLURALS[value]
+        n = sum(getattr(o, of) == value and o.size == size for o in objects)
+        slots, query = {"things": things, "size": size}, {"of": of, "value": value, "size": size}
+    else:
+        shown = value if of == "colour" else SHAPE_PLURALS[value]
+        n = sum(getattr(o, of) != value for o in objects)
+        slots, query = {"things": noun + "s", "value": shown}, {"of": of, "value": value, "not": True}
+    return int(rng.integers(len(STEMS[qtype]))), slots, COUNT_WORDS[n], query
+
+
 def _ask_cell(qtype: str, scene: Scene, rng: np.random.Generator):
     """A ``place_check`` ("Is the red circle in the top left corner?": half the time its own cell, else another
     cell) or ``occupied`` ("Is there anything in the top left corner?": half the time an occupied cell) question."""
@@ -522,6 +568,8 @@ def _ask_scene(qtype: str, scene: Scene, rng: np.random.Generator):
         return _ask_verify(qtype, objects, rng)
     if qtype in ("place_check", "occupied"):
         return _ask_cell(qtype, scene, rng)
+    if qtype in ("sized_count", "other_count"):
+        return _ask_category_count(qtype, objects, rng)
     if qtype == "size_count":
         asked = _pick(SIZES, rng)
         n = sum(o.size == asked for o in objects)

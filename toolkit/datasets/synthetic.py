@@ -30,7 +30,7 @@ from .vocab import GRID, MAX_OBJECTS, OBJECT_SCALE, TEXT_SCALE
 
 __all__ = ["SyntheticVQA", "Scenes", "ScenesPretrain", "DOWNSTREAM_TYPES", "PRETRAIN_TYPES", "SKILL_TYPES", "ANSWER_SKILL_TYPES",
            "REFERENCE_SKILL_TYPES", "RELATION_SKILL_TYPES", "VERIFY_SKILL_TYPES",
-           "draw_item", "image_digest"]
+           "COUNT_SKILL_TYPES", "draw_item", "image_digest"]
 
 #: the downstream task's question types
 DOWNSTREAM_TYPES: Tuple[str, ...] = ("colour", "shape", "count", "position", "exist", "read")
@@ -59,6 +59,10 @@ RELATION_SKILL_TYPES: Tuple[str, ...] = ("place_check", "occupied")
 #: (``colour_verify``: "Is the circle red?", ``shape_verify``: "Is the red object a circle?"; no such referent:
 #: "no"): the colour / shape conjunction the downstream ``exist`` questions check, asked of one object
 VERIFY_SKILL_TYPES: Tuple[str, ...] = ("colour_verify", "shape_verify")
+#: opt-in pretraining skills that count within a colour / shape category without the downstream ``count``
+#: question: ``sized_count`` ("How many of the red things are large?") filters by the category and counts by size,
+#: ``other_count`` ("How many objects are not circles?") counts the category's complement
+COUNT_SKILL_TYPES: Tuple[str, ...] = ("sized_count", "other_count")
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
