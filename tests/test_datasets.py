@@ -318,70 +318,56 @@ def test_size_verify_names_missing_objects_and_is_balanced():
     assert {len(s.meta["query"]["ref"]) for s in missing} == {1, 2}  # single attributes and conjunctions
 
 
+def _opt_in_samples(skills, names, n_train, seed, grid=2):
+    """Checks that ``skills`` are the question types ``names``, in no default type list of either task and sharing no
+    stem with a downstream type; builds ``n_train`` samples of them (``grid``, two objects), recomputes every
+    answer, checks that every stem is used, and returns ``{type: its samples}``."""
+    assert skills == names and set(skills) <= set(QA_TYPES)
+    for types in (DATASETS.create("scenes").config.types, DATASETS.create("scenes_pretrain").config.types):
+        assert set(skills).isdisjoint(types)
+    downstream_stems = {stem for t in DOWNSTREAM for stem in STEMS[t]}
+    assert all(set(STEMS[t]).isdisjoint(downstream_stems) for t in skills)
+    dataset = DATASETS.create("scenes_pretrain", types=list(skills), grid=grid, max_objects=2, n_train=n_train,
+                              n_test=1, seed=seed)
+    train = list(dataset.build()[0])
+    rows, cols = (("top", "bottom"), ("left", "right")) if grid == 2 else (ROW_WORDS, COL_WORDS)
+    _check_answers(train, dataset.answer_sets(), rows=rows, cols=cols)
+    by_type = {t: [s for s in train if s.meta["qtype"] == t] for t in skills}
+    for t, asked in by_type.items():
+        assert {s.meta["template"] for s in asked} == {f"{t}.{i}" for i in range(len(STEMS[t]))}, t
+    return by_type
+
+
 def test_verify_skills_are_opt_in_balanced_and_name_missing_referents():
     """colour_verify / shape_verify ("Is the circle red?", "Is the red object a circle?"): about half "yes", a
     quarter of referents missing (answered "no"), single attributes and conjunctions, every stem used, never a
     default type and never a downstream stem."""
-    assert VERIFY_SKILL_TYPES == ("colour_verify", "shape_verify") and set(VERIFY_SKILL_TYPES) <= set(QA_TYPES)
-    for types in (DATASETS.create("scenes").config.types, DATASETS.create("scenes_pretrain").config.types):
-        assert set(VERIFY_SKILL_TYPES).isdisjoint(types)
-    downstream_stems = {stem for t in DOWNSTREAM for stem in STEMS[t]}
-    assert all(set(STEMS[t]).isdisjoint(downstream_stems) for t in VERIFY_SKILL_TYPES)
-    dataset = DATASETS.create("scenes_pretrain", types=list(VERIFY_SKILL_TYPES), grid=2, max_objects=2,
-                              n_train=1200, n_test=1, seed=5)
-    train = list(dataset.build()[0])
-    _check_answers(train, dataset.answer_sets(), rows=("top", "bottom"), cols=("left", "right"))
-    for t in VERIFY_SKILL_TYPES:
-        asked = [s for s in train if s.meta["qtype"] == t]
+    for t, asked in _opt_in_samples(VERIFY_SKILL_TYPES, ("colour_verify", "shape_verify"), 1200, 5).items():
         missing = [s for s in asked if not _matching(s.meta["scene"]["objects"], s.meta["query"]["ref"])]
         assert len(asked) > 450 and 0.4 <= sum(s.answer == "yes" for s in asked) / len(asked) <= 0.6, t
         assert 0.15 <= len(missing) / len(asked) <= 0.35 and all(s.answer == "no" for s in missing), t
         assert {len(s.meta["query"]["ref"]) for s in missing} == {1, 2}, t
-        assert {s.meta["template"] for s in asked} == {f"{t}.{i}" for i in range(len(STEMS[t]))}, t
 
 
 def test_count_skills_are_opt_in_cover_every_count_and_category():
     """sized_count / other_count ("How many of the red things are large?", "How many objects are not circles?"):
     never a default type and never a downstream stem; both categories asked, every count 0..max_objects answered,
     absent categories named too (sized_count "zero", other_count every object), every stem used."""
-    assert COUNT_SKILL_TYPES == ("sized_count", "other_count") and set(COUNT_SKILL_TYPES) <= set(QA_TYPES)
-    for types in (DATASETS.create("scenes").config.types, DATASETS.create("scenes_pretrain").config.types):
-        assert set(COUNT_SKILL_TYPES).isdisjoint(types)
-    downstream_stems = {stem for t in DOWNSTREAM for stem in STEMS[t]}
-    assert all(set(STEMS[t]).isdisjoint(downstream_stems) for t in COUNT_SKILL_TYPES)
-    dataset = DATASETS.create("scenes_pretrain", types=list(COUNT_SKILL_TYPES), grid=2, max_objects=2,
-                              n_train=1000, n_test=1, seed=3)
-    train = list(dataset.build()[0])
-    _check_answers(train, dataset.answer_sets(), rows=("top", "bottom"), cols=("left", "right"))
-    for t in COUNT_SKILL_TYPES:
-        asked = [s for s in train if s.meta["qtype"] == t]
+    for t, asked in _opt_in_samples(COUNT_SKILL_TYPES, ("sized_count", "other_count"), 1000, 3).items():
         assert len(asked) > 400 and {s.answer for s in asked} == {"zero", "one", "two"}, t
         assert {s.meta["query"]["of"] for s in asked} == {"colour", "shape"}, t
         absent = [s for s in asked if not any(o[s.meta["query"]["of"]] == s.meta["query"]["value"]
                                               for o in s.meta["scene"]["objects"])]
         assert 0.1 <= len(absent) / len(asked) <= 0.5, t
-        assert {s.meta["template"] for s in asked} == {f"{t}.{i}" for i in range(len(STEMS[t]))}, t
 
 
 @pytest.mark.parametrize("grid", [2, 3])
 def test_relation_skills_are_opt_in_balanced_and_name_every_cell(grid):
     """place_check / occupied: yes / no about one named cell, about half "yes", every cell asked, never a default
     type of either task, and never a downstream stem."""
-    assert RELATION_SKILL_TYPES == ("place_check", "occupied") and set(RELATION_SKILL_TYPES) <= set(QA_TYPES)
-    for types in (DATASETS.create("scenes").config.types, DATASETS.create("scenes_pretrain").config.types):
-        assert set(RELATION_SKILL_TYPES).isdisjoint(types)
-    downstream_stems = {stem for t in DOWNSTREAM for stem in STEMS[t]}
-    assert all(set(STEMS[t]).isdisjoint(downstream_stems) for t in RELATION_SKILL_TYPES)
-    dataset = DATASETS.create("scenes_pretrain", types=list(RELATION_SKILL_TYPES), grid=grid, max_objects=2,
-                              n_train=800, n_test=1, seed=9)
-    train = list(dataset.build()[0])
-    rows, cols = (("top", "bottom"), ("left", "right")) if grid == 2 else (ROW_WORDS, COL_WORDS)
-    _check_answers(train, dataset.answer_sets(), rows=rows, cols=cols)
-    for t in RELATION_SKILL_TYPES:
-        asked = [s for s in train if s.meta["qtype"] == t]
+    for t, asked in _opt_in_samples(RELATION_SKILL_TYPES, ("place_check", "occupied"), 800, 9, grid).items():
         assert len(asked) > 300 and 0.4 <= sum(s.answer == "yes" for s in asked) / len(asked) <= 0.6, t
         assert {(s.meta["query"]["row"], s.meta["query"]["col"]) for s in asked} == set(PLACES[grid]), t
-        assert {s.meta["template"] for s in asked} == {f"{t}.{i}" for i in range(len(STEMS[t]))}, t
         assert not any(" a object" in s.question or " a item" in s.question for s in asked)
 
 
