@@ -20,9 +20,11 @@ pretraining).
 ``shape_at`` refers to an object by its grid cell instead (:func:`cell_place`: "in the top left
 corner", "in the middle of the top row", "in the center"), and ``first_letter`` / ``last_letter``
 ask for one letter of a sign's word: pretraining skills (shape and glyph recognition) asked in
-another form than the downstream ``shape`` and ``read`` types. ``size_verify`` is the one exception to
-"exactly one object": it may name a colour / shape that no object has (answer "no"), so that pretraining
-practises checking for presence without asking the downstream ``exist`` question.
+another form than the downstream ``shape`` and ``read`` types. The verify types (``size_verify``,
+``colour_verify``, ``shape_verify``) are the exceptions to "exactly one object": they may name a colour / shape
+that no object has (answer "no"), so that pretraining practises checking for presence without asking the
+downstream ``exist`` question. ``sized_count`` / ``other_count`` name a colour or shape category, possibly absent, as the
+downstream ``count`` does, but count it by size or count its complement.
 
 Position stems offer the options of the scene's grid (``{cols}`` "left, center or
 right" / "left or right", ``{col_places}`` "on the left, in the center or on the
