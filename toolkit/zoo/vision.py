@@ -56,11 +56,11 @@ class VisionStage(Config):
     seed: int = 77
     #: also train a per-token head that names the grid cell each image token lies in, so the projected tokens
     #: carry their place in their values (a language model's attention with rotary positions moves content, not
-    #: where it came from); off by default (``llava-d`` and ``llava-e`` are built with it)
+    #: where it came from); off by default (``llava-d`` to ``llava-f`` are built with it)
     where: bool = False
     #: also apply the shape / colour / size heads to every image token on its own (target: the object of the
     #: token's cell, or "empty"), so each token carries the whole object (colour *and* shape) rather than the
-    #: cell's tokens doing so only on average; off by default (``llava-e`` is built with it)
+    #: cell's tokens doing so only on average; off by default (``llava-e`` and ``llava-f`` are built with it)
     dense: bool = False
 
     def __post_init__(self) -> None:
