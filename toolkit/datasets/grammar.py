@@ -498,22 +498,27 @@ def _ask_verify(qtype: str, objects: Sequence[SceneObject], rng: np.random.Gener
     return int(rng.integers(len(STEMS[qtype]))), slots, answer, {"ref": ref, attribute: asked}
 
 
-def _category(objects: Sequence[SceneObject], rng: np.random.Generator) -> Tuple[str, str]:
-    """(attribute, value) of a colour or shape category: a present value 60% of the time, else any value (so an
-    absent one can be named), as the downstream count questions pick theirs."""
-    of = ("colour", "shape")[int(rng.integers(2))]
+def _category_value(objects: Sequence[SceneObject], of: str, rng: np.random.Generator) -> str:
+    """A value of the colour or shape category ``of`` for a count question: a present one 60% of the time, else
+    any (so an absent one, whose count is zero, can be named)."""
     present = sorted({getattr(o, of) for o in objects})
-    return of, _pick(_VALUES[of] if rng.random() < 0.4 else present, rng)
+    return _pick(_VALUES[of] if rng.random() < 0.4 else present, rng)
+
+
+def _category_phrase(of: str, value: str, noun: str) -> str:
+    """"red things" / "circles": the plural noun phrase of a colour or shape category."""
+    return f"{value} {noun}s" if of == "colour" else SHAPE_PLURALS[value]
 
 
 def _ask_category_count(qtype: str, objects: Sequence[SceneObject], rng: np.random.Generator):
     """A ``sized_count`` ("How many of the red things are large?": objects of the category with the asked size)
     or ``other_count`` ("How many objects are not circles?": objects outside the category) question."""
-    of, value = _category(objects, rng)
+    of = ("colour", "shape")[int(rng.integers(2))]
+    value = _category_value(objects, of, rng)
     noun = _pick(OBJECT_NOUNS, rng)
     if qtype == "sized_count":
         size = _pick(SIZES, rng)
-        things = f"{value} {noun}s" if of == "colour" else SHAPE_PLURALS[value]
+        things = _category_phrase(of, value, noun)
         n = sum(getattr(o, of) == value and o.size == size for o in objects)
         slots, query = {"things": things, "size": size}, {"of": of, "value": value, "size": size}
     else:
@@ -605,10 +610,8 @@ def _ask_scene(qtype: str, scene: Scene, rng: np.random.Generator):
         if of == "total":
             value, things, n = None, noun + "s", len(objects)
         else:
-            present = sorted({getattr(o, of) for o in objects})
-            every = COLOUR_NAMES if of == "colour" else SHAPES
-            value = _pick(every if rng.random() < 0.4 else present, rng)  # absent values give "zero"
-            things = f"{value} {noun}s" if of == "colour" else SHAPE_PLURALS[value]
+            value = _category_value(objects, of, rng)  # absent values give "zero"
+            things = _category_phrase(of, value, noun)
             n = sum(getattr(o, of) == value for o in objects)
         return int(rng.integers(len(STEMS["count"]))), {"things": things}, COUNT_WORDS[n], \
             {"of": of, "value": value}
