@@ -29,6 +29,8 @@ _MIDDLE = {**_PRETRAIN, "epochs": 10}
 _MIDDLE_VISION = {**_VISION, "epochs": 10}
 #: the same stage with the per-token cell head (VisionStage.where)
 _WHERE_VISION = {**_MIDDLE_VISION, "where": True}
+#: the same with the per-token object heads as well (VisionStage.dense)
+_DENSE_VISION = {**_WHERE_VISION, "dense": True}
 
 register_zoo(ZooRecipe(
     name="llava-a", family="llava", seed=0,
@@ -106,7 +108,7 @@ register_zoo(ZooRecipe(
     arch=_LLAVA_ARCH,
     data={**_REFERENCE_PRETRAIN_DATA, "seed": 1002,
           "types": _REFERENCE_PRETRAIN_DATA["types"] + list(RELATION_SKILL_TYPES + VERIFY_SKILL_TYPES)},
-    train=_PRETRAIN, vision={**_WHERE_VISION, "dense": True},
+    train=_PRETRAIN, vision=_DENSE_VISION,
     summary="llava-d plus per-token object heads and the verify skills, 16-epoch LVLM stage"))
 
 # The fifth generation (session 13): llava-e plus the counting skills ("How many of the red things are large?", "How
@@ -117,5 +119,5 @@ register_zoo(ZooRecipe(
     name="llava-f", family="llava", seed=2,
     arch=_LLAVA_ARCH,
     data={**ZOO["llava-e"].data, "types": ZOO["llava-e"].data["types"] + list(COUNT_SKILL_TYPES)},
-    train=_PRETRAIN, vision={**_WHERE_VISION, "dense": True},
+    train=_PRETRAIN, vision=_DENSE_VISION,
     summary="llava-e plus the counting skills (sized_count, other_count)"))
