@@ -121,3 +121,14 @@ register_zoo(ZooRecipe(
     data={**ZOO["llava-e"].data, "types": ZOO["llava-e"].data["types"] + list(COUNT_SKILL_TYPES)},
     train=_PRETRAIN, vision=_DENSE_VISION,
     summary="llava-e plus the counting skills (sized_count, other_count)"))
+
+# Gemma 3's third generation (session 14): llava-f's recipe on gemma3-b's init and data seed (the visual stage with
+# the cell and per-token object heads, the 17-type mix with the relation, verify and counting skills, 16-epoch LVLM
+# stage). Clean LoRA 59.0 +- 2.2% at 450 samples (gemma3-b 50.1 +- 5.7%) and 83.6 +- 2.2% at 3,000 (gemma3-b
+# 70.4 +- 3.4%): the second family at the 80% aim (docs/results/testbed-probes.md section 13).
+register_zoo(ZooRecipe(
+    name="gemma3-c", family="gemma3", seed=0,
+    arch=_GEMMA3_ARCH,
+    data={**ZOO["llava-f"].data, "seed": _PRETRAIN_DATA["seed"]},
+    train=_PRETRAIN, vision=_DENSE_VISION,
+    summary="gemma3-b's init and data seed on llava-f's recipe (cell and object heads, 17 types, 16 epochs)"))
